@@ -1,0 +1,66 @@
+"""The contract between gateway and workers: subjects, messages, NATS and JetStream setup.
+
+Errors::
+
+    BusError
+     └── BusUnavailableError (also ConnectionError): NATS or a stream cannot be used now
+"""
+
+from bus.connection import MAX_PAYLOAD_BYTES, NatsSettings, connect
+from bus.errors import BusError, BusUnavailableError
+from bus.ids import is_valid_id, new_job_id, new_run_id
+from bus.messaging import decode_event, message_context, publish_model
+from bus.models import (
+    JOB_EVENT,
+    FinishedEvent,
+    JobEvent,
+    JobMessage,
+    JobRecord,
+    JobResult,
+    JobSpec,
+    Limits,
+    OutputEvent,
+    RuntimeVersion,
+    ServiceCredentials,
+    StartedEvent,
+    Status,
+    Verdict,
+    WorkerHeartbeat,
+    utc_now,
+)
+from bus.permissions import SERVICE_PERMISSIONS, Permissions
+from bus.streams import StreamSettings, ensure_streams
+
+__all__ = [
+    "JOB_EVENT",
+    "MAX_PAYLOAD_BYTES",
+    "SERVICE_PERMISSIONS",
+    "BusError",
+    "BusUnavailableError",
+    "FinishedEvent",
+    "JobEvent",
+    "JobMessage",
+    "JobRecord",
+    "JobResult",
+    "JobSpec",
+    "Limits",
+    "NatsSettings",
+    "OutputEvent",
+    "Permissions",
+    "RuntimeVersion",
+    "ServiceCredentials",
+    "StartedEvent",
+    "Status",
+    "StreamSettings",
+    "Verdict",
+    "WorkerHeartbeat",
+    "connect",
+    "decode_event",
+    "ensure_streams",
+    "is_valid_id",
+    "message_context",
+    "new_job_id",
+    "new_run_id",
+    "publish_model",
+    "utc_now",
+]

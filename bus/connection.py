@@ -1,0 +1,79 @@
+"""Connecting to NATS with a service's own identity and reply inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus.errors import BusUnavailableError
+from bus.models import ServiceCredentials
+from bus.subjects import inbox_prefix
+
+log = logging.getLogger(__name__)
+
+# Large enough for a `finished` event carrying a full 1 MiB stdout plus stderr, JSON-escaped.
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+_CONNECT_TIMEOUT_S = 5.0
+_RECONNECT_WAIT_S = 0.5
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class NatsSettings(BaseSettings):
+    """Where NATS is and who we are there (`CRUCIBLE_NATS_URL`, `CRUCIBLE_NATS_CREDS_FILE`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_NATS_")
+
+    url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
+    creds_file: Path | None = None  # JSON {"user", "password"}
+    user: str | None = None
+    password: SecretStr | None = None
+    # nats-py retries the first connect forever when reconnects are unlimited: bound it, so a
+    # wrong URL fails start-up with a message instead of hanging.
+    connect_deadline_s: float = 30.0
+
+    def credentials(self) -> ServiceCredentials | None:
+        """The identity to connect with: the creds file wins over user/password."""
+        if self.creds_file is not None:
+            return ServiceCredentials.model_validate_json(self.creds_file.read_text())
+        if self.user and self.password:
+            return ServiceCredentials(user=self.user, password=self.password.get_secret_value())
+        return None
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error: %s", exc)
+
+
+async def connect(
+    settings: NatsSettings,
+    service: str,
+    name: str,
+    error_cb: ErrorCallback | None = None,
+) -> NATS:
+    """Connect as `service` (gateway, worker) and keep reconnecting forever once connected."""
+    creds = settings.credentials()
+    try:
+        connecting = nats.connect(
+            servers=settings.url.split(","),
+            name=name,
+            user=creds.user if creds else None,
+            password=creds.password if creds else None,
+            inbox_prefix=inbox_prefix(service),
+            connect_timeout=_CONNECT_TIMEOUT_S,
+            reconnect_time_wait=_RECONNECT_WAIT_S,
+            max_reconnect_attempts=-1,
+            error_cb=error_cb or _log_error,
+        )
+        return await asyncio.wait_for(connecting, settings.connect_deadline_s)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BusUnavailableError(
+            f"cannot connect to NATS at {settings.url} as {service}: {exc!r}"
+        ) from exc

@@ -1,0 +1,168 @@
+"""The messages on the bus. Gateway and workers share these; nothing else crosses as a dict.
+
+All are JSON on the wire (`model_dump_json`), so `nats sub 'crucible.>'` shows them as they are.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+class Verdict(StrEnum):
+    """How a job ended (DESIGN.md, Verdicts)."""
+
+    ACCEPTED = "accepted"
+    WRONG_ANSWER = "wrong_answer"
+    RUNTIME_ERROR = "runtime_error"
+    COMPILATION_ERROR = "compilation_error"
+    TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
+    MEMORY_LIMIT_EXCEEDED = "memory_limit_exceeded"
+    OUTPUT_LIMIT_EXCEEDED = "output_limit_exceeded"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Status(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Limits(BaseModel):
+    """Per-job limits; the gateway refuses values above the operator's ceilings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wall_time_s: float = Field(5.0, gt=0)
+    cpu_time_s: float = Field(5.0, gt=0)
+    memory_mb: int = Field(256, ge=16)
+    processes: int = Field(64, ge=1)
+    output_bytes: int = Field(1_048_576, ge=1)
+    disk_mb: int = Field(64, ge=1)
+
+
+class JobSpec(BaseModel):
+    """What a client asks to run (the body of `POST /v1/jobs`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    language: str = Field(min_length=1, max_length=32)
+    code: str
+    files: dict[str, str] = Field(default_factory=dict)
+    stdin: str = ""
+    args: list[str] = Field(default_factory=list)
+    expected_stdout: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class JobMessage(BaseModel):
+    """A job on `crucible.jobs.<job>`: the spec plus who asked and when."""
+
+    job_id: str
+    run_id: str
+    tenant: str
+    spec: JobSpec
+    submitted_at: datetime
+
+
+class JobRecord(BaseModel):
+    """The gateway's record of a job (KV `jobs`): enough to authorize and find its events."""
+
+    job_id: str
+    run_id: str
+    tenant: str
+    language: str
+    submitted_at: datetime
+    trace_id: str | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class JobResult(BaseModel):
+    """The outcome of one attempt, as the worker saw it."""
+
+    verdict: Verdict
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0
+    memory_peak_mb: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime
+
+
+class _EventBase(BaseModel):
+    """Every event names its job, attempt and position, so consumers can drop duplicates."""
+
+    job_id: str
+    run_id: str
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0)
+    time: datetime = Field(default_factory=utc_now)
+
+    @property
+    def dedup_key(self) -> str:
+        """Unique per event; used as `Nats-Msg-Id` so JetStream drops re-publishes."""
+        return f"{self.job_id}.{self.attempt}.{self.seq}"
+
+
+class StartedEvent(_EventBase):
+    type: Literal["started"] = "started"
+    worker: str
+
+
+class OutputEvent(_EventBase):
+    type: Literal["stdout", "stderr"]
+    data: str
+    offset: int = Field(ge=0)  # bytes of this stream before this chunk
+
+
+class FinishedEvent(_EventBase):
+    type: Literal["finished"] = "finished"
+    worker: str
+    result: JobResult
+
+
+JobEvent = Annotated[StartedEvent | OutputEvent | FinishedEvent, Field(discriminator="type")]
+JOB_EVENT = TypeAdapter[JobEvent](JobEvent)
+
+
+class RuntimeVersion(BaseModel):
+    """A language a worker can run."""
+
+    language: str
+    version: str
+
+
+class WorkerHeartbeat(BaseModel):
+    """A worker's periodic announcement on `crucible.workers.<worker>`."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    backend: str
+    runtimes: list[RuntimeVersion]
+    capacity: int
+    busy: int
+    sent_at: datetime = Field(default_factory=utc_now)
+
+
+class ServiceCredentials(BaseModel):
+    """One service's NATS identity, as `crucible up` writes it (file mode 0600)."""
+
+    user: str
+    password: str

@@ -1,0 +1,66 @@
+"""What each service may publish and subscribe to, JetStream API subjects included.
+
+Least privilege: a worker cannot enqueue jobs or read records; a gateway cannot forge events.
+`crucible up` writes these into the nats-server authorization block.
+"""
+
+from pydantic import BaseModel
+
+from bus import subjects as s
+
+
+class Permissions(BaseModel):
+    """Allowed subjects for one identity (nats-server `permissions` block)."""
+
+    publish: list[str]
+    subscribe: list[str]
+
+
+_JS = "$JS.API"
+
+
+def worker_permissions() -> Permissions:
+    """A worker fetches and acks jobs, publishes events and heartbeats, hears cancels."""
+    consumer = f"{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}"
+    return Permissions(
+        publish=[
+            s.EVENTS_ALL,
+            s.WORKERS_ALL,
+            f"{_JS}.INFO",
+            f"{_JS}.CONSUMER.MSG.NEXT.{consumer}",
+            f"{_JS}.CONSUMER.INFO.{consumer}",
+            f"$JS.ACK.{consumer}.>",
+        ],
+        subscribe=[f"{s.inbox_prefix('worker')}.>", s.CANCEL_ALL],
+    )
+
+
+def gateway_permissions() -> Permissions:
+    """A gateway enqueues jobs, keeps job records, reads events, hears worker heartbeats."""
+    return Permissions(
+        publish=[
+            s.JOBS_ALL,
+            s.CANCEL_ALL,
+            s.AUDIT_ALL,
+            f"$KV.{s.JOBS_BUCKET}.>",
+            f"{_JS}.INFO",
+            f"{_JS}.STREAM.INFO.*",
+            f"{_JS}.STREAM.CREATE.*",
+            f"{_JS}.STREAM.UPDATE.*",
+            # Ephemeral (ordered) consumers for SSE replay; nats-py creates them with the
+            # bare subject, newer clients with `.<name>.<filter>` after it.
+            f"{_JS}.CONSUMER.CREATE.{s.EVENTS_STREAM}",
+            f"{_JS}.CONSUMER.CREATE.{s.EVENTS_STREAM}.>",
+            f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.>",
+            f"{_JS}.CONSUMER.DURABLE.CREATE.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}",
+            f"{_JS}.CONSUMER.INFO.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}",
+            f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}.>",
+            f"{_JS}.DIRECT.GET.{s.JOBS_BUCKET_STREAM}.>",
+            f"$JS.FC.{s.EVENTS_STREAM}.>",
+            f"$JS.ACK.{s.EVENTS_STREAM}.>",
+        ],
+        subscribe=[f"{s.inbox_prefix('gateway')}.>", s.WORKERS_ALL],
+    )
+
+
+SERVICE_PERMISSIONS = {"gateway": gateway_permissions, "worker": worker_permissions}

@@ -1,0 +1,86 @@
+"""JetStream layout: the JOBS work queue, its `workers` consumer, EVENTS, and the jobs bucket."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from pydantic import BaseModel, Field
+
+from bus import subjects as s
+
+_DAY_S = 24 * 3600
+
+
+class StreamSettings(BaseModel):
+    """Operator knobs for retention and redelivery."""
+
+    events_max_age_s: float = Field(7 * _DAY_S, gt=0)
+    # A worker that stops acking (crashed, partitioned) has its job redelivered after this;
+    # workers heartbeat long jobs with in-progress acks, so it need not cover a job's run time.
+    ack_wait_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    max_ack_pending: int = Field(10_000, ge=1)
+    replicas: int = Field(1, ge=1, le=5)
+    duplicate_window_s: float = Field(120.0, gt=0)
+    max_msg_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with another configuration (an operator changed a setting): converge on ours.
+        await js.update_stream(config)
+
+
+async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
+    """Create or update every stream, consumer and bucket Crucible needs. Idempotent."""
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=s.JOBS_STREAM,
+            subjects=[s.JOBS_ALL],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_s,
+            max_msg_size=settings.max_msg_bytes,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=s.EVENTS_STREAM,
+            subjects=[s.EVENTS_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=settings.events_max_age_s,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_s,
+            max_msg_size=settings.max_msg_bytes,
+            allow_direct=True,  # job status is one direct get of the job's last event
+        ),
+    )
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=s.JOBS_BUCKET,
+            history=1,
+            ttl=settings.events_max_age_s,  # a record lives as long as its job's events
+            replicas=settings.replicas,
+            storage=api.StorageType.FILE,
+            direct=True,
+        )
+    )
+    await js.add_consumer(
+        s.JOBS_STREAM,
+        api.ConsumerConfig(
+            durable_name=s.WORKERS_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            # One delivery more than the attempts: the extra one is where a worker records
+            # `internal_error` for a job that killed its workers every time.
+            max_deliver=settings.max_attempts + 1,
+            max_ack_pending=settings.max_ack_pending,
+            filter_subject=s.JOBS_ALL,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The `crucible` command and the local stack it runs."""

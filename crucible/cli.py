@@ -1,0 +1,130 @@
+"""The `crucible` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Annotated, Literal
+
+import typer
+
+from crucible.orphan import exit_with_parent, parent_pid_from_env
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+LogFormat = Annotated[str, typer.Option(help="json (default) or text")]
+
+
+_LOG_FORMATS: dict[str, Literal["json", "text"]] = {"json": "json", "text": "text"}
+
+
+def _log_format(value: str) -> Literal["json", "text"]:
+    if value in _LOG_FORMATS:
+        return _LOG_FORMATS[value]
+    raise typer.BadParameter(f"--log-format must be json or text, not {value!r}")
+
+
+def _observe(service: str, log_format: str) -> None:
+    from observability import setup_logging, setup_tracing
+
+    setup_logging(service, _log_format(log_format))
+    setup_tracing(f"crucible-{service}")
+    exit_with_parent(parent_pid_from_env())
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="gateway HTTP port")] = 8080,
+    workers: Annotated[int, typer.Option(help="worker processes (default: CPU cores)")] = 0,
+    state_dir: Annotated[
+        str, typer.Option(help="config, credentials, JetStream data")
+    ] = ".crucible",
+    nats_port: Annotated[int, typer.Option(help="embedded nats-server port")] = 4222,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    worker_concurrency: Annotated[int, typer.Option(help="jobs at once per worker")] = 1,
+    log_format: LogFormat = "json",
+) -> None:
+    """Run the whole stack locally: nats-server, the gateway and workers."""
+    from pathlib import Path
+
+    from crucible.up import UpOptions, run_stack
+    from observability import setup_logging
+
+    setup_logging("up", _log_format(log_format))
+
+    options = UpOptions(
+        host=host,
+        port=port,
+        nats_port=nats_port,
+        workers=workers or os.cpu_count() or 1,
+        worker_concurrency=worker_concurrency,
+        state_dir=Path(state_dir),
+        api_key=os.environ.get("CRUCIBLE_API_KEY") or None,
+        log_format=log_format,
+    )
+    raise typer.Exit(asyncio.run(run_stack(options)))
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8080,
+    log_format: LogFormat = "json",
+) -> None:
+    """Run the HTTP gateway (configured by CRUCIBLE_* environment variables)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from observability import shutdown_tracing
+
+    _observe("gateway", log_format)
+    try:
+        uvicorn.run(
+            create_app(),
+            host=host,
+            port=port,
+            log_config=None,
+            proxy_headers=True,
+            # SSE streams would hold a shutdown open forever; clients reconnect with
+            # Last-Event-ID to another (or the restarted) gateway and lose nothing.
+            timeout_graceful_shutdown=3,
+        )
+    finally:
+        shutdown_tracing()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="jobs run at once")] = 1,
+    log_format: LogFormat = "json",
+) -> None:
+    """Run a worker: pull jobs from NATS and run each in a fresh sandbox."""
+    from bus import NatsSettings
+    from observability import shutdown_tracing
+    from sandbox import SandboxUnavailableError, create_sandbox
+    from workers.settings import WorkerSettings
+    from workers.worker import Worker
+
+    _observe("worker", log_format)
+    settings = WorkerSettings(concurrency=concurrency)
+
+    async def serve() -> None:
+        service = Worker(settings, NatsSettings(), create_sandbox(settings.sandbox))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, service.stop)
+        await service.run()
+
+    try:
+        asyncio.run(serve())
+    except SandboxUnavailableError as exc:
+        print(f"crucible worker: refusing to start without a sandbox: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from exc
+    finally:
+        shutdown_tracing()
+
+
+def main() -> None:
+    app()

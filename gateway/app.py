@@ -1,0 +1,235 @@
+"""The gateway: jobs in over HTTP, onto NATS; events back out over SSE."""
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from bus import (
+    BusUnavailableError,
+    JobMessage,
+    JobRecord,
+    JobSpec,
+    NatsSettings,
+    Status,
+    is_valid_id,
+    new_job_id,
+    new_run_id,
+    utc_now,
+)
+from gateway.auth import Principal, StreamTokens
+from gateway.body_limit import BodyLimitMiddleware
+from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.keys_store import ApiKeysStore
+from gateway.schemas import JobAccepted, JobView, Readiness, RuntimesView, RuntimeView
+from gateway.settings import GatewaySettings
+from gateway.sse import QUEUED_EVENT_ID, job_event_stream
+from gateway.validation import check_spec
+from gateway.views import JobLinks, job_view
+from gateway.workers_registry import WorkerRegistry
+from observability import current_trace_id, instrument_app
+
+
+def create_app(
+    settings: GatewaySettings | None = None, nats: NatsSettings | None = None
+) -> FastAPI:
+    """The ASGI app; it connects to NATS when it starts and drains when it stops."""
+    settings = settings or GatewaySettings()
+    nats = nats or NatsSettings()
+    keys = ApiKeysStore(settings.api_keys_file)
+    signing_key = (
+        settings.signing_key.get_secret_value().encode()
+        if settings.signing_key
+        else secrets.token_bytes(32)
+    )
+    tokens = StreamTokens(signing_key, settings.event_token_ttl_s)
+    registry = WorkerRegistry(settings.worker_stale_after_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys.load()  # fail start-up, not the first request, on a missing or broken keys file
+        app.state.bus = await GatewayBus.start(nats, settings.streams, registry)
+        try:
+            yield
+        finally:
+            await app.state.bus.close()
+
+    app = FastAPI(title="Crucible", version="1", lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    instrument_app(app)
+
+    def get_bus(request: Request) -> GatewayBus:
+        bus: GatewayBus = request.app.state.bus
+        return bus
+
+    BusDep = Annotated[GatewayBus, Depends(get_bus)]
+
+    def unauthorized(message: str) -> HTTPException:
+        return HTTPException(
+            status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    def bearer(authorization: str | None) -> Principal:
+        if not authorization:
+            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise unauthorized("malformed Authorization header: use 'Bearer <key>'")
+        principal = keys.authenticate(key.strip())
+        if principal is None:
+            raise unauthorized("invalid API key")
+        return principal
+
+    def api_principal(
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Principal:
+        return bearer(authorization)
+
+    Caller = Annotated[Principal, Depends(api_principal)]
+
+    def links(request: Request, record: JobRecord) -> JobLinks:
+        base = str(request.base_url).rstrip("/")
+        token = tokens.issue(f"job:{record.job_id}", record.tenant)
+        url = f"{base}/v1/jobs/{record.job_id}"
+        return JobLinks(url=url, events_url=f"{url}/events?token={token}")
+
+    async def owned_job(bus: GatewayBus, job_id: str, tenant: str) -> JobRecord:
+        # Another tenant's job answers exactly like a job that does not exist.
+        record = await bus.record(job_id) if is_valid_id(job_id) else None
+        if record is None or record.tenant != tenant:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+        return record
+
+    @app.exception_handler(BusUnavailableError)
+    async def bus_unavailable(request: Request, exc: BusUnavailableError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"the job bus is unavailable, nothing was stored; retry later ({exc})"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED)
+    async def submit_job(
+        spec: JobSpec, request: Request, caller: Caller, bus: BusDep
+    ) -> JobAccepted:
+        """Queue one job; watch it at `events_url`."""
+        check_spec(spec, settings)
+        limits = spec.limits if "limits" in spec.model_fields_set else settings.default_limits
+        spec = spec.model_copy(update={"limits": limits})
+        now = utc_now()
+        record = JobRecord(
+            job_id=new_job_id(),
+            run_id=new_run_id(),
+            tenant=caller.tenant,
+            language=spec.language,
+            submitted_at=now,
+            trace_id=current_trace_id(),
+            metadata=spec.metadata,
+        )
+        message = JobMessage(
+            job_id=record.job_id,
+            run_id=record.run_id,
+            tenant=record.tenant,
+            spec=spec,
+            submitted_at=now,
+        )
+        await bus.submit(record, message)
+        job_links = links(request, record)
+        return JobAccepted(
+            id=record.job_id,
+            run_id=record.run_id,
+            status=Status.QUEUED,
+            url=job_links.url,
+            events_url=job_links.events_url,
+        )
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, request: Request, caller: Caller, bus: BusDep) -> JobView:
+        """The job's status, and its result once finished."""
+        record = await owned_job(bus, job_id, caller.tenant)
+        return job_view(record, await bus.last_event(record), links(request, record))
+
+    @app.get("/v1/jobs/{job_id}/events", response_model=None)
+    async def job_events(
+        job_id: str,
+        request: Request,
+        bus: BusDep,
+        authorization: Annotated[str | None, Header()] = None,
+        token: Annotated[str | None, Query(description="the token from events_url")] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
+    ) -> EventSourceResponse:
+        """SSE: queued, started, stdout/stderr chunks, finished. Resumable."""
+        if token is not None and authorization is None:
+            caller = tokens.verify(token, f"job:{job_id}")
+            if caller is None:
+                raise unauthorized("invalid or expired stream token: get a fresh events_url")
+        else:
+            caller = bearer(authorization)
+        record = await owned_job(bus, job_id, caller.tenant)
+        resume_from = last_event_id if last_event_id is not None else last_event_id_query
+        if resume_from is not None and not resume_from.strip().isdigit():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"Last-Event-ID must be an event id from this stream (a number >= "
+                f"{QUEUED_EVENT_ID}), not {resume_from!r}",
+            )
+        after = int(resume_from) if resume_from is not None else None
+        job_links = links(request, record)
+
+        def finished_view(stored: StoredEvent) -> JobView:
+            return job_view(record, stored, job_links)
+
+        return EventSourceResponse(
+            job_event_stream(bus, record, after, finished_view),
+            ping=int(settings.sse_ping_s),
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/v1/runtimes")
+    async def runtimes(caller: Caller, bus: BusDep) -> RuntimesView:
+        """Languages the live workers can run, with interpreter versions."""
+        versions: dict[str, set[str]] = {}
+        workers: dict[str, int] = {}
+        for heartbeat in bus.registry.live():
+            for runtime in heartbeat.runtimes:
+                versions.setdefault(runtime.language, set()).add(runtime.version)
+                workers[runtime.language] = workers.get(runtime.language, 0) + 1
+        return RuntimesView(
+            runtimes=[
+                RuntimeView(language=lang, versions=sorted(v), workers=workers[lang])
+                for lang, v in sorted(versions.items())
+            ]
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz(bus: BusDep) -> JSONResponse:
+        """Readiness: NATS connected, streams present, at least one live worker."""
+        nats_ok = bus.connected
+        streams_ok = nats_ok and await bus.streams_ready()
+        workers = len(bus.registry.live())
+        ready = nats_ok and streams_ok and workers > 0
+        missing = [
+            name
+            for name, ok in (("nats", nats_ok), ("streams", streams_ok), ("workers", workers > 0))
+            if not ok
+        ]
+        body = Readiness(
+            ready=ready,
+            nats=nats_ok,
+            streams=streams_ok,
+            workers=workers,
+            detail=f"not ready: {', '.join(missing)}" if missing else None,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    return app

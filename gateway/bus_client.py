@@ -1,0 +1,172 @@
+"""The gateway's side of NATS: submit jobs, keep job records, read events, hear workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from bus import (
+    BusUnavailableError,
+    JobEvent,
+    JobMessage,
+    JobRecord,
+    NatsSettings,
+    StreamSettings,
+    WorkerHeartbeat,
+    connect,
+    decode_event,
+    ensure_streams,
+    message_context,
+    publish_model,
+)
+from bus import subjects as s
+from gateway.workers_registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event with its position in the EVENTS stream (the SSE `id`)."""
+
+    seq: int
+    event: JobEvent
+    context: Context
+
+
+def _stored(msg: Msg, seq: int) -> StoredEvent:
+    return StoredEvent(seq=seq, event=decode_event(msg.data), context=message_context(msg.headers))
+
+
+class GatewayBus:
+    """One NATS connection for the whole gateway process."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, registry: WorkerRegistry):
+        self._nc = nc
+        self._js = js
+        self._kv = kv
+        self.registry = registry
+
+    @classmethod
+    async def start(
+        cls, nats: NatsSettings, streams: StreamSettings, registry: WorkerRegistry
+    ) -> GatewayBus:
+        """Connect as `gateway`, create the streams, and start listening to heartbeats."""
+        nc = await connect(nats, service="gateway", name="crucible-gateway")
+        js = nc.jetstream()
+        await ensure_streams(js, streams)
+        kv = await js.key_value(s.JOBS_BUCKET)
+        bus = cls(nc, js, kv, registry)
+        await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
+        return bus
+
+    async def close(self) -> None:
+        await self._nc.drain()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc.is_connected
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            self.registry.record(WorkerHeartbeat.model_validate_json(msg.data))
+        except ValidationError:
+            log.warning("ignoring a malformed heartbeat on %s", msg.subject)
+
+    async def submit(self, record: JobRecord, message: JobMessage) -> None:
+        """Store the job's record, then enqueue it; on failure take the record back."""
+        try:
+            await self._kv.put(record.job_id, record.model_dump_json().encode())
+        except Exception as exc:
+            raise BusUnavailableError(f"could not store job {record.job_id}: {exc!r}") from exc
+        subject = s.job_subject(record.job_id)
+        with tracer.start_as_current_span(
+            f"publish {s.JOBS_STREAM}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": subject,
+                "messaging.message.id": record.job_id,
+                "crucible.job_id": record.job_id,
+            },
+        ):
+            try:
+                await publish_model(self._js, subject, message, msg_id=record.job_id)
+            except BusUnavailableError:
+                # Nothing half-written: a record without a queued job would read as "queued"
+                # forever. If even the delete fails, the record expires with the bucket's TTL.
+                await asyncio.shield(self._forget(record.job_id))
+                raise
+
+    async def _forget(self, job_id: str) -> None:
+        try:
+            await self._kv.purge(job_id)
+        except Exception:
+            log.exception("could not remove the record of unqueued job %s", job_id)
+
+    async def record(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None when there is no such job."""
+        try:
+            entry = await self._kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return JobRecord.model_validate_json(entry.value)
+
+    async def last_event(self, record: JobRecord) -> StoredEvent | None:
+        """The newest event of the job, which tells its status; None while queued."""
+        try:
+            raw = await self._js.get_last_msg(
+                s.EVENTS_STREAM, s.events_subject(record.run_id, record.job_id), direct=True
+            )
+        except NotFoundError:
+            return None
+        assert raw.data is not None and raw.seq is not None
+        return StoredEvent(raw.seq, decode_event(raw.data), message_context(raw.headers))
+
+    @asynccontextmanager
+    async def job_events(
+        self, record: JobRecord, start_seq: int
+    ) -> AsyncIterator[AsyncIterator[StoredEvent]]:
+        """The job's events from stream position `start_seq` on, live, in order."""
+        sub = await self._js.subscribe(
+            s.events_subject(record.run_id, record.job_id),
+            stream=s.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=max(start_seq, 1)),
+        )
+
+        async def events() -> AsyncIterator[StoredEvent]:
+            async for msg in sub.messages:
+                yield _stored(msg, msg.metadata.sequence.stream)
+
+        try:
+            yield events()
+        finally:
+            await sub.unsubscribe()
+
+    async def streams_ready(self) -> bool:
+        """True when the job queue and its worker consumer exist."""
+        try:
+            await self._js.consumer_info(s.JOBS_STREAM, s.WORKERS_CONSUMER)
+            await self._js.stream_info(s.EVENTS_STREAM)
+        except Exception:
+            return False
+        return True

@@ -1,0 +1,43 @@
+"""The gateway's configuration, from `CRUCIBLE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus import Limits, StreamSettings
+
+
+class LimitCeilings(BaseModel):
+    """The highest limits a job may ask for; above them a submission gets 422."""
+
+    wall_time_s: float = 60.0
+    cpu_time_s: float = 60.0
+    memory_mb: int = 2048
+    processes: int = 256
+    output_bytes: int = 4 * 1024 * 1024
+    disk_mb: int = 512
+
+
+class GatewaySettings(BaseSettings):
+    """Everything an operator can set for the gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_", env_nested_delimiter="__")
+
+    api_keys_file: Path = Path(".crucible/api-keys.json")
+    # Signs the short-lived tokens in `events_url`; every gateway behind one load balancer
+    # must share it. Unset means a random key per process (fine for one local gateway).
+    signing_key: SecretStr | None = None
+    event_token_ttl_s: int = Field(3600, gt=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_code_bytes: int = Field(1024 * 1024, gt=0)
+    max_stdin_bytes: int = Field(1024 * 1024, gt=0)
+    max_files: int = Field(64, ge=0)
+    ceilings: LimitCeilings = Field(default_factory=LimitCeilings)
+    default_limits: Limits = Field(default_factory=Limits)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    # A worker not heard from for this long no longer counts towards readiness.
+    worker_stale_after_s: float = Field(10.0, gt=0)
+    sse_ping_s: float = Field(15.0, gt=0)

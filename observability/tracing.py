@@ -1,0 +1,118 @@
+"""Tracing: one global OpenTelemetry SDK provider per process, configured by the standard
+``OTEL_*`` environment so that deployments (Jaeger, a collector) need no code change."""
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    OTEL_SDK_DISABLED,
+    OTEL_SERVICE_NAME,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Tracer, format_trace_id
+
+_PROTOCOL_HTTP = "http/protobuf"
+_PROTOCOL_GRPC = "grpc"
+_EXPORTER_OTLP = "otlp"
+_EXPORTER_NONE = "none"
+
+# The provider this module installed; the OTel global can be set only once per process, so this
+# is also what makes setup_tracing idempotent.
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(service_name: str) -> None:
+    """Install the global tracer provider for `service_name` (``OTEL_SERVICE_NAME`` wins).
+
+    Spans are exported over OTLP only when the environment asks for it; otherwise the provider
+    still creates real trace ids (for logs and results) but sends nothing. Later calls do
+    nothing. Raises ValueError for an exporter or protocol this platform does not ship.
+    """
+    global _provider
+    if _provider is not None or _env_flag(OTEL_SDK_DISABLED):
+        return
+    resource = Resource.create({SERVICE_NAME: os.environ.get(OTEL_SERVICE_NAME) or service_name})
+    provider = TracerProvider(resource=resource)
+    if _otlp_requested():
+        # BatchSpanProcessor reads OTEL_BSP_* itself (delay, queue and batch sizes).
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+
+
+def shutdown_tracing() -> None:
+    """Flush pending spans and stop exporting; call once when the service exits.
+
+    The OTel global provider cannot be replaced, so tracing stays off for the rest of the
+    process.
+    """
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer(name: str) -> Tracer:
+    """The tracer for instrumentation scope `name` (usually the module's ``__name__``)."""
+    return trace.get_tracer(name)
+
+
+def current_trace_id() -> str | None:
+    """The active span's trace id as 32 hex digits, or None outside a recorded trace."""
+    context = trace.get_current_span().get_span_context()
+    return format_trace_id(context.trace_id) if context.is_valid else None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def _otlp_requested() -> bool:
+    exporters = {
+        name.strip().lower()
+        for name in os.environ.get(OTEL_TRACES_EXPORTER, "").split(",")
+        if name.strip()
+    }
+    unsupported = exporters - {_EXPORTER_OTLP, _EXPORTER_NONE}
+    if unsupported:
+        raise ValueError(
+            f"{OTEL_TRACES_EXPORTER}={os.environ[OTEL_TRACES_EXPORTER]!r}: "
+            f"only {_EXPORTER_OTLP!r} or {_EXPORTER_NONE!r} are supported"
+        )
+    if exporters:
+        return _EXPORTER_OTLP in exporters
+    # Unset: the spec defaults to otlp, but a service without a collector must not spend its
+    # shutdown retrying localhost:4318, so export only once an endpoint is configured.
+    return bool(
+        os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+        or os.environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+    )
+
+
+def _otlp_exporter() -> SpanExporter:
+    # Both exporters read their endpoint, headers, compression and timeout from the
+    # environment; only the choice of transport is left to us.
+    protocol = (
+        os.environ.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+        or os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL)
+        or _PROTOCOL_HTTP
+    ).strip()
+    if protocol == _PROTOCOL_HTTP:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == _PROTOCOL_GRPC:
+        # Imported lazily: grpcio is heavy and most deployments use OTLP/HTTP.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter()
+    raise ValueError(
+        f"OTLP protocol {protocol!r} is not supported: use {_PROTOCOL_HTTP!r} or {_PROTOCOL_GRPC!r}"
+    )

@@ -1,0 +1,121 @@
+"""A cgroup per job (cgroup v1): memory, processes and CPU capped; usage read; all killed.
+
+The job's first process joins the cgroup before it can fork (see `bwrap.py`), so everything
+the job ever starts, double-forked daemons included, is inside and dies with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.errors import SandboxUnavailableError
+from sandbox.models import ExecLimits
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+PARENT = "crucible"
+_CPU_PERIOD_US = 100_000
+_KILL_POLL_S = 0.01
+_KILL_ROUNDS = 500  # 5 s of polling; a frozen cgroup empties in milliseconds
+_MIB = 1024 * 1024
+
+
+def _write(path: Path, value: str | int) -> None:
+    path.write_text(str(value))
+
+
+def _read_int(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def check_cgroups() -> None:
+    """Raise SandboxUnavailableError unless every controller we need is mounted and writable."""
+    for controller in CONTROLLERS:
+        base = CGROUP_ROOT / controller
+        if not (base / "cgroup.procs").exists():
+            raise SandboxUnavailableError(
+                f"cgroup v1 controller {controller!r} is not mounted at {base}; "
+                "the bwrap backend needs memory, pids, cpu, cpuacct and freezer"
+            )
+        if not os.access(base, os.W_OK):
+            raise SandboxUnavailableError(f"{base} is not writable: run the worker as root")
+
+
+@dataclass
+class JobCgroup:
+    """One job's cgroup in every controller; `remove()` after `kill()`."""
+
+    dirs: dict[str, Path]
+
+    @classmethod
+    def create(cls, job_id: str, limits: ExecLimits) -> JobCgroup:
+        # A random suffix: a redelivered job (same id) may overlap a dying earlier attempt.
+        name = f"{job_id}-{secrets.token_hex(4)}"
+        dirs = {c: CGROUP_ROOT / c / PARENT / name for c in CONTROLLERS}
+        for path in dirs.values():
+            path.mkdir(parents=True)
+        cgroup = cls(dirs)
+        memory = dirs["memory"]
+        limit_bytes = limits.memory_mb * _MIB
+        _write(memory / "memory.limit_in_bytes", limit_bytes)
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            # Swap must not become a way around the memory limit.
+            _write(memory / "memory.memsw.limit_in_bytes", limit_bytes)
+        _write(dirs["pids"] / "pids.max", limits.processes)
+        # At most one core per job: one job must not starve the others on the machine.
+        _write(dirs["cpu"] / "cpu.cfs_period_us", _CPU_PERIOD_US)
+        _write(dirs["cpu"] / "cpu.cfs_quota_us", _CPU_PERIOD_US)
+        return cgroup
+
+    @property
+    def procs_files(self) -> list[Path]:
+        """Where the job's first process writes its pid, once per controller."""
+        return [path / "cgroup.procs" for path in self.dirs.values()]
+
+    def cpu_time_s(self) -> float:
+        return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+
+    def memory_peak_mb(self) -> float:
+        return _read_int(self.dirs["memory"] / "memory.max_usage_in_bytes") / _MIB
+
+    def oom_killed(self) -> bool:
+        """True when the kernel killed a process of the job for exceeding its memory."""
+        for line in (self.dirs["memory"] / "memory.oom_control").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value) > 0
+        # Older kernels do not count OOM kills; hitting the limit at all is the best sign.
+        return _read_int(self.dirs["memory"] / "memory.failcnt") > 0
+
+    def _tasks(self) -> list[int]:
+        text = (self.dirs["pids"] / "cgroup.procs").read_text()
+        return [int(pid) for pid in text.split()]
+
+    async def kill(self) -> None:
+        """Kill every process of the job; freeze first so that nothing can fork meanwhile."""
+        freezer = self.dirs["freezer"] / "freezer.state"
+        _write(freezer, "FROZEN")
+        for _ in range(_KILL_ROUNDS):
+            tasks = self._tasks()
+            if not tasks:
+                break
+            for pid in tasks:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            # Frozen tasks die only when thawed; SIGKILL is pending, so they cannot run on.
+            _write(freezer, "THAWED")
+            await asyncio.sleep(_KILL_POLL_S)
+        else:
+            raise SandboxUnavailableError(f"could not empty cgroup {self.dirs['pids']}")
+
+    def remove(self) -> None:
+        """Delete the (empty) cgroup directories."""
+        for path in self.dirs.values():
+            with suppress(FileNotFoundError):
+                path.rmdir()

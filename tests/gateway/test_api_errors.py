@@ -1,0 +1,133 @@
+"""Bad input gets a clear error and changes nothing: 401, 404, 413, 422."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from crucible.local_keys import write_local_api_key
+from gateway.auth import ApiKeyEntry, ApiKeysFile, hash_key
+from tests.sse_client import submit
+from tests.stack import Stack
+
+OK_SPEC = {"language": "python", "code": "print(1)"}
+
+
+def post(stack: Stack, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{stack.url}/v1/jobs", json=body, headers=headers or stack.headers())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer"},
+    ],
+    ids=["none", "wrong-key", "wrong-scheme", "empty"],
+)
+def test_requests_without_a_valid_key_get_401(stack: Stack, headers: dict[str, str]) -> None:
+    response = httpx.post(f"{stack.url}/v1/jobs", json=OK_SPEC, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert (
+        "key" in response.json()["detail"].lower() or "bearer" in response.json()["detail"].lower()
+    )
+    assert httpx.get(f"{stack.url}/v1/runtimes", headers=headers).status_code == 401
+
+
+def test_event_stream_needs_a_valid_token_for_that_job(stack: Stack) -> None:
+    first, second = submit(stack, OK_SPEC), submit(stack, OK_SPEC)
+    bare = first["events_url"].split("?")[0]
+    assert httpx.get(bare).status_code == 401
+    assert httpx.get(bare + "?token=forged.local.9999999999.abc").status_code == 401
+    other_token = second["events_url"].split("?token=")[1]
+    assert httpx.get(f"{bare}?token={other_token}").status_code == 401
+    # A token that was tampered with (its expiry pushed out) is refused too.
+    scope, tenant, expiry, signature = first["events_url"].split("?token=")[1].rsplit(".", 3)
+    tampered = f"{scope}.{tenant}.{int(expiry) + 1000}.{signature}"
+    assert httpx.get(f"{bare}?token={tampered}").status_code == 401
+
+
+def test_another_tenants_job_is_404_everywhere(stack: Stack) -> None:
+    theirs = submit(stack, OK_SPEC)
+    other_key = "other-tenant-key"
+    keys_file = stack.state_dir / "api-keys.json"
+    keys = ApiKeysFile.model_validate_json(keys_file.read_text())
+    keys.keys.append(ApiKeyEntry(key_id="o1", tenant="other", sha256=hash_key(other_key)))
+    time.sleep(0.01)  # a distinct mtime, so the gateway notices the new key without a restart
+    keys_file.write_text(keys.model_dump_json())
+    try:
+        mine = stack.headers(other_key)
+        assert httpx.get(theirs["url"], headers=mine).status_code == 404
+        assert httpx.get(f"{theirs['url']}/events", headers=mine).status_code == 404
+        missing = httpx.get(f"{stack.url}/v1/jobs/j-{'0' * 32}", headers=mine)
+        assert missing.status_code == 404 and "not found" in missing.json()["detail"]
+        assert httpx.get(f"{stack.url}/v1/jobs/not-an-id", headers=mine).status_code == 404
+    finally:
+        write_local_api_key(stack.state_dir, stack.api_key)
+
+
+def test_oversized_bodies_and_code_get_413(stack: Stack) -> None:
+    huge = post(stack, {**OK_SPEC, "code": "#" * (5 * 1024 * 1024)})
+    assert huge.status_code == 413 and "request body is" in huge.json()["detail"]
+    big_code = post(stack, {**OK_SPEC, "code": "#" * (1024 * 1024 + 1)})
+    assert big_code.status_code == 413 and "code is" in big_code.json()["detail"]
+    chunked = httpx.post(
+        f"{stack.url}/v1/jobs",
+        content=iter([json.dumps(OK_SPEC).encode()[:-1], b" " * (5 * 1024 * 1024), b"}"]),
+        headers={**stack.headers(), "Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"language": "cobol", "code": "x"}, "unknown language"),
+        ({**OK_SPEC, "limits": {"wall_time_s": 10_000}}, "ceiling"),
+        ({**OK_SPEC, "limits": {"memory_mb": -1}}, "memory_mb"),
+        ({**OK_SPEC, "surprise": 1}, "surprise"),
+        ({**OK_SPEC, "limits": {"wall_time": 1}}, "wall_time"),
+        ({"language": "python"}, "code"),
+        ({**OK_SPEC, "files": {"../escape.py": "x"}}, "relative path"),
+        ({**OK_SPEC, "files": {"/etc/passwd": "x"}}, "relative path"),
+        ({**OK_SPEC, "stdin": 5}, "stdin"),
+    ],
+    ids=[
+        "language",
+        "ceiling",
+        "negative",
+        "unknown-field",
+        "unknown-limit",
+        "no-code",
+        "dotdot",
+        "absolute",
+        "stdin-type",
+    ],
+)
+def test_invalid_specs_get_422_saying_what_to_fix(
+    stack: Stack, body: object, fragment: str
+) -> None:
+    response = post(stack, body)
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
+
+
+def test_malformed_json_gets_422(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.url}/v1/jobs",
+        content=b"{not json",
+        headers={**stack.headers(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+
+
+def test_bad_last_event_id_gets_422(stack: Stack) -> None:
+    accepted = submit(stack, OK_SPEC)
+    response = httpx.get(accepted["events_url"], headers={"Last-Event-ID": "abc"})
+    assert response.status_code == 422 and "Last-Event-ID" in response.json()["detail"]

@@ -1,0 +1,243 @@
+"""The bubblewrap backend against real bubblewrap and real cgroups: verdicts, limits, isolation.
+
+Attacks write markers and never delete anything; a sandbox that fails lets them be seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict, create_sandbox
+from sandbox.cgroups import CGROUP_ROOT, PARENT
+
+
+async def run(code: str, chunks: list[OutputChunk] | None = None, **fields: Any) -> ExecResult:
+    limits = ExecLimits(**fields.pop("limits", {}))
+
+    async def collect(chunk: OutputChunk) -> None:
+        if chunks is not None:
+            chunks.append(chunk)
+
+    spec = ExecSpec(job_id="j-test", language="python", code=code, limits=limits, **fields)
+    return await create_sandbox("bwrap").run(spec, collect)
+
+
+def job_cgroups() -> list[str]:
+    return sorted(p.name for p in (CGROUP_ROOT / "memory" / PARENT).glob("j-test-*"))
+
+
+async def test_accepted_with_stdout() -> None:
+    result = await run("print('hello')")
+    assert result.verdict is Verdict.ACCEPTED
+    assert (result.stdout, result.exit_code, result.signal) == ("hello\n", 0, None)
+    assert result.wall_time_s > 0 and result.memory_peak_mb > 0
+
+
+async def test_stdin_files_and_args() -> None:
+    result = await run(
+        "import sys, helper\nprint(helper.shout(input()), sys.argv[1:])",
+        stdin="hi\n",
+        files={"helper.py": "def shout(s):\n    return s.upper()\n", "data/x.txt": "x"},
+        args=["a", "b"],
+    )
+    assert result.stdout == "HI ['a', 'b']\n", result.stderr
+
+
+async def test_runtime_error_keeps_exit_code_and_traceback() -> None:
+    result = await run("raise SystemExit(3)")
+    assert (result.verdict, result.exit_code) == (Verdict.RUNTIME_ERROR, 3)
+    crash = await run("raise ValueError('boom')")
+    assert crash.verdict is Verdict.RUNTIME_ERROR and "ValueError: boom" in crash.stderr
+
+
+async def test_death_by_signal_names_the_signal() -> None:
+    result = await run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+    assert (result.verdict, result.signal, result.exit_code) == (
+        Verdict.RUNTIME_ERROR,
+        "SIGSEGV",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while True: pass",
+        "import time\ntime.sleep(100)",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)",  # Piston #196
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)",
+    ],
+    ids=["busy", "sleep", "sigstop", "ignores-sigterm"],
+)
+async def test_wall_time_limit_ends_any_job(code: str) -> None:
+    result = await run(code, limits={"wall_time_s": 1, "cpu_time_s": 5})
+    assert result.verdict is Verdict.TIME_LIMIT_EXCEEDED
+    assert result.reason and "wall" in result.reason
+
+
+async def test_cpu_time_limit_counts_all_processes() -> None:
+    code = "import os\nfor _ in range(3):\n    os.fork()\nwhile True: pass"
+    result = await run(code, limits={"wall_time_s": 20, "cpu_time_s": 1})
+    assert result.verdict is Verdict.TIME_LIMIT_EXCEEDED
+    assert result.reason and "CPU" in result.reason
+    assert result.wall_time_s < 20
+
+
+async def test_memory_limit() -> None:
+    code = "b = bytearray(400 * 2**20)\nb[::4096] = b'x' * len(b[::4096])"
+    result = await run(code, limits={"memory_mb": 64})
+    assert result.verdict is Verdict.MEMORY_LIMIT_EXCEEDED
+    assert result.memory_peak_mb <= 64.5
+
+
+async def test_output_limit_caps_what_is_kept() -> None:
+    result = await run("while True: print('x' * 100)", limits={"output_bytes": 1000})
+    assert result.verdict is Verdict.OUTPUT_LIMIT_EXCEEDED
+    assert len(result.stdout) + len(result.stderr) <= 1000
+
+
+async def test_output_arrives_while_the_program_runs() -> None:
+    chunks: list[OutputChunk] = []
+    seen_before_end: list[int] = []
+    code = "import time\nfor i in range(3):\n    print('tick', i)\n    time.sleep(0.3)"
+    task = asyncio.create_task(run(code, chunks))
+    while not task.done():
+        seen_before_end.append(len(chunks))
+        await asyncio.sleep(0.05)
+    assert (await task).verdict is Verdict.ACCEPTED
+    # Chunks were delivered one by one during the run, not all at its end.
+    assert {1, 2} <= set(seen_before_end)
+    assert [c.data for c in chunks] == [f"tick {i}\n" for i in range(3)]
+    assert [c.offset for c in chunks] == [0, 7, 14]
+
+
+async def test_disk_is_capped_by_the_tmpfs() -> None:
+    code = "f = open('big', 'wb')\nfor _ in range(64):\n    f.write(b'x' * 2**20)\n    f.flush()"
+    result = await run(code, limits={"disk_mb": 8})
+    assert result.verdict is Verdict.RUNTIME_ERROR
+    assert "No space left" in result.stderr or "File too large" in result.stderr
+
+
+async def test_no_network_not_even_the_hosts_loopback() -> None:
+    # A server on the host's loopback: a sandbox sharing the host's network would reach it.
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    code = (
+        "import socket\n"
+        "print(sorted(i[1] for i in socket.if_nameindex()))\n"
+        f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        "print('CONNECTED')"
+    )
+    try:
+        result = await run(code)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.stdout.splitlines()[0] == "['lo']"
+    assert "CONNECTED" not in result.stdout
+    assert "ConnectionRefusedError" in result.stderr
+
+
+async def test_runs_as_nobody_inside_and_outside() -> None:
+    code = (
+        "import os, time\nprint(os.getuid(), os.getgid(), os.getpid(), flush=True)\ntime.sleep(1)"
+    )
+    chunks: list[OutputChunk] = []
+    task = asyncio.create_task(run(code, chunks))
+    while "\n" not in "".join(c.data for c in chunks):
+        await asyncio.sleep(0.02)
+    uid, gid, _ = "".join(c.data for c in chunks).split()
+    assert (uid, gid) == ("65534", "65534")
+    # Outside, every process of the job belongs to uid 65534 too, never root.
+    owners = {
+        Path(f"/proc/{pid}").stat().st_uid
+        for cgroup in (CGROUP_ROOT / "pids" / PARENT).glob("j-test-*")
+        for pid in (cgroup / "cgroup.procs").read_text().split()
+    }
+    assert owners == {65534}
+    await task
+
+
+async def test_nothing_of_the_worker_is_visible() -> None:
+    os.environ["CRUCIBLE_TEST_SECRET"] = "s3cret"
+    try:
+        code = (
+            "import os\n"
+            "print(dict(os.environ))\n"
+            "for p in ['/root', '/work/main', '/tmp/pytest-of-root', '/home', '/var',"
+            " '/etc/passwd', '/root/.pyenv']:\n"
+            "    print(p, os.path.exists(p))\n"
+            "print(os.listdir('/etc'), os.listdir('/tmp') if os.path.exists('/tmp') else None)\n"
+            "print(sorted(os.listdir('/proc/self/fd')))"
+        )
+        result = await run(code)
+    finally:
+        del os.environ["CRUCIBLE_TEST_SECRET"]
+    assert result.verdict is Verdict.ACCEPTED, result.stderr
+    assert "s3cret" not in result.stdout
+    assert "{'PATH': '/usr/bin:/bin', 'HOME': '/work', 'LANG': 'C.UTF-8', 'PWD': '/work'}" in (
+        result.stdout
+    )
+    for line in result.stdout.splitlines()[1:8]:
+        assert line.endswith("False"), line
+    assert "['ld.so.cache'] None" in result.stdout
+    assert result.stdout.splitlines()[-1] == "['0', '1', '2', '3']"  # std streams + listdir's own
+
+
+async def test_a_double_forked_daemon_does_not_survive() -> None:
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        print('daemon', flush=True)\n"
+        "        while True:\n"
+        "            time.sleep(0.1)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.3)\n"
+    )
+    result = await run(code)
+    assert "daemon" in result.stdout
+    assert job_cgroups() == []  # removed, which the kernel allows only once it is empty
+    leftovers = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and Path(f"/proc/{pid}/cmdline").exists()
+        and b"main.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert leftovers == []
+
+
+async def test_fork_bomb_is_contained() -> None:
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    result = await run(code, limits={"processes": 16, "wall_time_s": 2})
+    assert result.verdict is Verdict.TIME_LIMIT_EXCEEDED
+    assert job_cgroups() == []
+
+
+async def test_cancelling_the_run_kills_the_job() -> None:
+    chunks: list[OutputChunk] = []
+    task = asyncio.create_task(run("import time\nprint('up', flush=True)\ntime.sleep(60)", chunks))
+    while not chunks:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job_cgroups() == []
+
+
+async def test_files_cannot_leave_the_work_dir() -> None:
+    for name in ["../escape.py", "/etc/x", "a//b", "main.py"]:
+        with pytest.raises(ValueError):
+            await run("print(1)", files={name: "x"})
+    assert job_cgroups() == []
+
+
+async def test_check_passes_on_this_machine() -> None:
+    await create_sandbox("bwrap").check()

@@ -1,0 +1,53 @@
+"""Publishing one attempt's events in order, each with its (job, attempt, seq)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from bus import (
+    FinishedEvent,
+    JobMessage,
+    JobResult,
+    OutputEvent,
+    StartedEvent,
+    publish_model,
+)
+from bus import subjects as s
+from sandbox import OutputChunk
+
+
+class AttemptEvents:
+    """Numbers and stores the events of one attempt; awaiting each store keeps them ordered."""
+
+    def __init__(self, js: JetStreamContext, job: JobMessage, attempt: int, worker: str):
+        self._js = js
+        self._job = job
+        self._attempt = attempt
+        self._worker = worker
+        self._subject = s.events_subject(job.run_id, job.job_id)
+        self._seq = 0
+
+    def _ids(self) -> dict[str, Any]:
+        self._seq += 1
+        return {
+            "job_id": self._job.job_id,
+            "run_id": self._job.run_id,
+            "attempt": self._attempt,
+            "seq": self._seq,
+        }
+
+    async def _store(self, event: StartedEvent | OutputEvent | FinishedEvent) -> None:
+        await publish_model(self._js, self._subject, event, msg_id=event.dedup_key)
+
+    async def started(self) -> None:
+        await self._store(StartedEvent(worker=self._worker, **self._ids()))
+
+    async def output(self, chunk: OutputChunk) -> None:
+        await self._store(
+            OutputEvent(type=chunk.stream, data=chunk.data, offset=chunk.offset, **self._ids())
+        )
+
+    async def finished(self, result: JobResult) -> None:
+        await self._store(FinishedEvent(worker=self._worker, result=result, **self._ids()))

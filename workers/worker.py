@@ -1,0 +1,243 @@
+"""The worker: pull a job, run it in a fresh sandbox, publish what happens, and only then ack.
+
+Delivery is at least once. A job is acked after its `finished` event is stored; a worker
+that dies before that leaves the job to be redelivered, and it runs again as a new attempt.
+The one delivery past `max_attempts` records `internal_error` instead of running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from contextlib import suppress
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from bus import (
+    BusUnavailableError,
+    JobMessage,
+    NatsSettings,
+    RuntimeVersion,
+    WorkerHeartbeat,
+    connect,
+    message_context,
+    utc_now,
+)
+from bus import subjects as s
+from observability import job_id_var
+from sandbox import Sandbox
+from workers.events import AttemptEvents
+from workers.judge import exec_spec, judge, platform_failure
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+# Heartbeat a running job this many times per ack wait, so that a slow job is never
+# mistaken for a dead worker's.
+_PROGRESS_PER_ACK_WAIT = 3
+_CONSUMER_RETRY_S = 0.5
+_NAK_DELAY_S = 1.0
+
+
+class Worker:
+    """One worker process: `concurrency` slots, each running one job at a time."""
+
+    def __init__(self, settings: WorkerSettings, nats: NatsSettings, sandbox: Sandbox) -> None:
+        self.settings = settings
+        self._nats_settings = nats
+        self._sandbox = sandbox
+        self._stopping = asyncio.Event()
+        self._busy = 0
+        self._running: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Stop fetching; running jobs get the grace period (SIGTERM lands here)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve jobs until `stop()`, then shut down in order."""
+        await self._sandbox.check()  # never run code without a working sandbox
+        nc = await connect(self._nats_settings, service="worker", name=self.settings.worker_id)
+        try:
+            js = nc.jetstream()
+            max_attempts, ack_wait_s = await self._consumer_settings(js)
+            psub = await js.pull_subscribe_bind(s.WORKERS_CONSUMER, stream=s.JOBS_STREAM)
+            log.info("worker ready", extra={"concurrency": self.settings.concurrency})
+            heartbeat = asyncio.create_task(self._heartbeat(nc))
+            slots = [
+                asyncio.create_task(self._slot(js, psub, max_attempts, ack_wait_s))
+                for _ in range(self.settings.concurrency)
+            ]
+            await self._stopping.wait()
+            await self._drain(slots)
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
+            await psub.unsubscribe()
+        finally:
+            # Not drain(): draining a pull subscription waits out its whole timeout. Every
+            # job is acked or handed back by now; flush so those last acks leave first.
+            with suppress(Exception):
+                await nc.flush()
+            await nc.close()
+
+    async def _consumer_settings(self, js: JetStreamContext) -> tuple[int, float]:
+        """Attempts and ack wait come from the consumer itself, so they cannot drift."""
+        while True:
+            try:
+                info = await js.consumer_info(s.JOBS_STREAM, s.WORKERS_CONSUMER)
+            except NotFoundError:
+                log.info("waiting for the gateway to create the job queue")
+                await asyncio.sleep(_CONSUMER_RETRY_S)
+                continue
+            assert info.config.max_deliver is not None and info.config.ack_wait is not None
+            return info.config.max_deliver - 1, info.config.ack_wait
+
+    async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
+        """Let running jobs finish within the grace period; hand the rest back."""
+        _, late = await asyncio.wait(slots, timeout=self.settings.shutdown_grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def _heartbeat(self, nc: NATS) -> None:
+        runtimes = [RuntimeVersion(**r.model_dump()) for r in self._sandbox.runtimes()]
+        subject = s.worker_subject(self.settings.worker_id)
+        while True:
+            beat = WorkerHeartbeat(
+                worker_id=self.settings.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                backend=self._sandbox.name,
+                runtimes=runtimes,
+                capacity=self.settings.concurrency,
+                busy=self._busy,
+            )
+            with suppress(Exception):  # a missed heartbeat is harmless; the next one follows
+                await nc.publish(subject, beat.model_dump_json().encode())
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _slot(
+        self,
+        js: JetStreamContext,
+        psub: JetStreamContext.PullSubscription,
+        max_attempts: int,
+        ack_wait_s: float,
+    ) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
+            except TimeoutError:
+                continue
+            except Exception:
+                log.exception("fetching a job failed; retrying")
+                await asyncio.sleep(self.settings.fetch_wait_s)
+                continue
+            for msg in msgs:
+                self._busy += 1
+                try:
+                    await self._process(js, msg, max_attempts, ack_wait_s)
+                finally:
+                    self._busy -= 1
+
+    async def _process(
+        self, js: JetStreamContext, msg: Msg, max_attempts: int, ack_wait_s: float
+    ) -> None:
+        try:
+            job = JobMessage.model_validate_json(msg.data)
+        except ValidationError:
+            log.error("dropping a malformed job message on %s", msg.subject)
+            await msg.term()  # redelivering it would fail the same way forever
+            return
+        attempt = msg.metadata.num_delivered or 1
+        token = job_id_var.set(job.job_id)
+        try:
+            with tracer.start_as_current_span(
+                f"process {s.JOBS_STREAM}",
+                context=message_context(msg.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.message.id": job.job_id,
+                    "crucible.job_id": job.job_id,
+                    "crucible.run_id": job.run_id,
+                    "crucible.attempt": attempt,
+                },
+            ):
+                await self._attempt(js, msg, job, attempt, max_attempts, ack_wait_s)
+        finally:
+            job_id_var.reset(token)
+
+    async def _attempt(
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        job: JobMessage,
+        attempt: int,
+        max_attempts: int,
+        ack_wait_s: float,
+    ) -> None:
+        events = AttemptEvents(js, job, attempt, self.settings.worker_id)
+        if attempt > max_attempts:
+            log.error("job failed %d attempts; recording internal_error", max_attempts)
+            reason = f"gave up after {max_attempts} attempts: the workers running it failed"
+            await events.finished(platform_failure(reason))
+            await msg.ack_sync()
+            return
+        progress = asyncio.create_task(self._keep_alive(msg, ack_wait_s))
+        try:
+            started_at = utc_now()
+            await events.started()
+            log.info("job started", extra={"attempt": attempt})
+            with tracer.start_as_current_span(
+                "sandbox.run",
+                attributes={
+                    "crucible.sandbox.backend": self._sandbox.name,
+                    "crucible.runtime": job.spec.language,
+                    **{f"crucible.limits.{k}": v for k, v in job.spec.limits.model_dump().items()},
+                },
+            ) as span:
+                run = await self._sandbox.run(exec_spec(job), events.output)
+                span.set_attributes(
+                    {
+                        "crucible.verdict": run.verdict.value,
+                        "crucible.exit_code": -1 if run.exit_code is None else run.exit_code,
+                        "crucible.memory_peak_mb": run.memory_peak_mb,
+                        "crucible.wall_time_s": run.wall_time_s,
+                    }
+                )
+            result = judge(job.spec, run, started_at)
+            await events.finished(result)
+            await msg.ack_sync()  # only now: the result is stored
+            log.info("job finished", extra={"verdict": result.verdict.value})
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: hand the job back for another worker at once.
+            with suppress(Exception):
+                await msg.nak()
+            raise
+        except BusUnavailableError:
+            # Without the bus there is nobody to tell; redelivery after ack_wait retries it.
+            log.exception("could not publish the job's events")
+        except Exception:
+            log.exception("the platform failed while running the job; handing it back")
+            with suppress(Exception):
+                await msg.nak(delay=_NAK_DELAY_S)
+        finally:
+            progress.cancel()
+
+    async def _keep_alive(self, msg: Msg, ack_wait_s: float) -> None:
+        while True:
+            await asyncio.sleep(ack_wait_s / _PROGRESS_PER_ACK_WAIT)
+            with suppress(Exception):
+                await msg.in_progress()
