@@ -16,7 +16,12 @@ from opentelemetry.trace import format_span_id, format_trace_id
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 
 # Attributes every LogRecord has; anything else came in through `extra=`.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 _QUIET = ("nats", "httpx", "httpcore", "asyncio")
 
 
