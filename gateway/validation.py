@@ -8,7 +8,7 @@ from fastapi import HTTPException, status
 
 from bus import JobSpec
 from gateway.settings import GatewaySettings
-from sandbox import LANGUAGES
+from sandbox import LANGUAGES, RUNTIMES
 
 _MAX_FILE_NAME_CHARS = 255
 
@@ -56,8 +56,13 @@ def check_spec(spec: JobSpec, settings: GatewaySettings) -> None:
         )
     if len(spec.files) > settings.max_files:
         raise _unprocessable(f"{len(spec.files)} files; at most {settings.max_files} allowed")
+    entry_file = RUNTIMES[spec.language].entry_file
     for name in spec.files:
         _check_file_name(name)
+        if name == entry_file:
+            raise _unprocessable(
+                f"file name {name!r} is where {spec.language} code goes: rename it"
+            )
     ceilings = settings.ceilings.model_dump()
     for name, value in spec.limits.model_dump().items():
         if value > ceilings[name]:

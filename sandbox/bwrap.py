@@ -33,7 +33,8 @@ from sandbox.models import (
     RuntimeInfo,
     Verdict,
 )
-from sandbox.runtimes import RUNTIMES, Runtime
+from sandbox.runtimes import RUNTIMES, Runtime, available_runtimes
+from sandbox.seccomp import seccomp_fd
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
 WORK_DIR = "/work"
@@ -47,6 +48,8 @@ _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 # Joins the job's cgroups, caps what rlimits can cap, then becomes the rest of the command.
 _ENTER = (
     f'for f in $CRUCIBLE_CGROUP_PROCS; do echo $$ > "$f" || exit {SETUP_FAILED}; done; '
+    # bwrap's own environment stays readable in the sandbox at /proc/1/environ: leave it empty.
+    "unset CRUCIBLE_CGROUP_PROCS; "
     # dash's ulimit takes one limit per call.
     f"ulimit -c 0 && ulimit -n {{nofile}} && ulimit -t {{cpu_s}} && ulimit -f {{file_blocks}} "
     f"|| exit {SETUP_FAILED}; "
@@ -90,65 +93,53 @@ def _file_args(spec: ExecSpec, runtime: Runtime) -> tuple[list[str], dict[int, s
     return args, contents
 
 
-def _bwrap_argv(limits: ExecLimits, file_args: list[str], command: list[str]) -> list[str]:
-    root = [
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        "--symlink",
-        "usr/sbin",
-        "/sbin",
-        "--symlink",
-        "usr/lib",
-        "/lib",
-    ]
-    if Path("/lib64").exists():
-        root += ["--symlink", "usr/lib64", "/lib64"]
+def _system_dirs() -> list[str]:
+    """Read-only system dirs only: no /root, /home, /var or /etc of the host."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "sbin", "lib", "lib64"):
+        if Path(f"/{link}").exists():  # merged /usr: each is a symlink into /usr
+            args += ["--symlink", f"usr/{link}", f"/{link}"]
     if Path("/etc/ld.so.cache").exists():
-        root += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    env: list[str] = []
-    for key, value in _SANDBOX_ENV.items():
-        env += ["--setenv", key, value]
+        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    return args
+
+
+def _bwrap_argv(
+    limits: ExecLimits, file_args: list[str], seccomp_fd: int, command: list[str]
+) -> list[str]:
+    env = [arg for key, value in _SANDBOX_ENV.items() for arg in ("--setenv", key, value)]
+    disk_bytes = str(limits.disk_mb * _MIB)
+    shm_bytes = str(min(_SHM_MB, limits.disk_mb) * _MIB)
     return [
         _tool("bwrap"),
         # New user, pid, net, ipc, uts and cgroup namespaces: no network but a lone loopback.
-        "--unshare-all",
+        "--unshare-all", "--unshare-user",
+        "--disable-userns",  # and no nested user namespace, where capabilities come back
         "--die-with-parent",
         "--new-session",  # no TIOCSTI into a terminal of ours
-        "--uid",
-        str(SANDBOX_UID),
-        "--gid",
-        str(SANDBOX_UID),
-        "--cap-drop",
-        "ALL",
-        "--clearenv",
-        *env,  # nothing of the worker's environment (credentials) leaks in
-        "--hostname",
-        "sandbox",
-        *root,  # read-only system dirs only: no /root, /home, /tmp, /var, /etc of the host
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--size",
-        str(min(_SHM_MB, limits.disk_mb) * _MIB),
-        "--tmpfs",
-        "/dev/shm",
-        "--size",
-        str(limits.disk_mb * _MIB),
-        "--tmpfs",
-        WORK_DIR,
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        "--cap-drop", "ALL",
+        "--clearenv", *env,  # nothing of the worker's environment (credentials) leaks in
+        "--hostname", "sandbox",
+        *_system_dirs(),
+        "--proc", "/proc",
+        "--dev", "/dev",
+        # Fresh per job: nothing in /dev/shm or /tmp is shared with another job.
+        "--size", shm_bytes, "--tmpfs", "/dev/shm",
+        "--size", disk_bytes, "--tmpfs", "/tmp",
+        "--size", disk_bytes, "--tmpfs", WORK_DIR,
         *file_args,
-        "--chdir",
-        WORK_DIR,
+        # Everything else read-only: bwrap's root tmpfs is otherwise writable and unsized.
+        "--remount-ro", "/dev", "--remount-ro", "/",
+        "--seccomp", str(seccomp_fd),
+        "--chdir", WORK_DIR,
         *command,
-    ]
+    ]  # fmt: skip
 
 
-def _argv(limits: ExecLimits, file_args: list[str], command: list[str]) -> list[str]:
+def _argv(
+    limits: ExecLimits, file_args: list[str], seccomp_fd: int, command: list[str]
+) -> list[str]:
     enter = _ENTER.format(
         nofile=_NOFILE,
         # A backstop per process, a second above the limit: the cgroup watcher, which counts
@@ -157,7 +148,14 @@ def _argv(limits: ExecLimits, file_args: list[str], command: list[str]) -> list[
         file_blocks=limits.disk_mb * _MIB // _ULIMIT_BLOCK_BYTES,
     )
     setpriv = [_tool("setpriv"), *_SETPRIV_FLAGS]
-    return ["/bin/sh", "-c", enter, "sh", *setpriv, *_bwrap_argv(limits, file_args, command)]
+    return [
+        "/bin/sh",
+        "-c",
+        enter,
+        "sh",
+        *setpriv,
+        *_bwrap_argv(limits, file_args, seccomp_fd, command),
+    ]
 
 
 @cache
@@ -174,9 +172,10 @@ def _check_host() -> None:
     for tool in _PACKAGES:
         _tool(tool)
     check_cgroups()
-    for runtime in RUNTIMES.values():
-        if not Path(runtime.interpreter).exists():
-            raise SandboxUnavailableError(f"{runtime.language}: {runtime.interpreter} missing")
+    if "python" not in available_runtimes():
+        raise SandboxUnavailableError(
+            f"{RUNTIMES['python'].interpreter} missing: apt-get install python3"
+        )
 
 
 @register("bwrap")
@@ -199,11 +198,20 @@ class BwrapSandbox:
             )
 
     def runtimes(self) -> list[RuntimeInfo]:
-        return [RuntimeInfo(language=r.language, version=r.version()) for r in RUNTIMES.values()]
+        return [
+            RuntimeInfo(language=r.language, version=r.version())
+            for r in available_runtimes().values()
+        ]
 
     async def run(self, spec: ExecSpec, on_output: OutputSink) -> ExecResult:
-        runtime = RUNTIMES[spec.language]
+        runtime = available_runtimes().get(spec.language)
+        if runtime is None:
+            return ExecResult(
+                verdict=Verdict.INTERNAL_ERROR,
+                reason=f"{spec.language} is not installed on this worker",
+            )
         file_args, contents = _file_args(spec, runtime)
+        filter_fd = seccomp_fd()
         cgroup: JobCgroup | None = None
         try:
             for fd, content in contents.items():
@@ -211,15 +219,15 @@ class BwrapSandbox:
                 os.lseek(fd, 0, os.SEEK_SET)
             cgroup = JobCgroup.create(spec.job_id, spec.limits)
             command = Command(
-                argv=_argv(spec.limits, file_args, runtime.argv(spec.args)),
+                argv=_argv(spec.limits, file_args, filter_fd, runtime.argv(spec.args)),
                 env={
                     "CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files)),
                 },
-                pass_fds=list(contents),
+                pass_fds=[*contents, filter_fd],
             )
             return await execute(command, spec.stdin, spec.limits, cgroup, on_output)
         finally:
-            for fd in contents:
+            for fd in (*contents, filter_fd):
                 os.close(fd)
             if cgroup is not None:
                 cgroup.remove()

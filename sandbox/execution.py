@@ -60,6 +60,7 @@ async def execute(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(command.env),
+        cwd="/",  # bwrap's cwd shows in the sandbox (/proc/1/environ's PWD): reveal nothing
         pass_fds=tuple(command.pass_fds),
         start_new_session=True,
     )

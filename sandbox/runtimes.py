@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 _VERSION_TIMEOUT_S = 10
+_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,6 @@ class Runtime:
     interpreter: str
     entry_file: str  # the job's `code` is written here, inside the work dir
     flags: tuple[str, ...]
-    version_prefix: str
 
     def argv(self, args: list[str]) -> list[str]:
         return [self.interpreter, *self.flags, self.entry_file, *args]
@@ -30,7 +32,9 @@ class Runtime:
             timeout=_VERSION_TIMEOUT_S,
             check=True,
         )
-        return (out.stdout or out.stderr).strip().removeprefix(self.version_prefix)
+        first_line = (out.stdout or out.stderr).strip().splitlines()[0]
+        found = _VERSION.search(first_line)
+        return found.group(0) if found else first_line
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -44,8 +48,25 @@ RUNTIMES: dict[str, Runtime] = {
         # streams as it is printed. Not -I: it would drop the script's dir from sys.path,
         # and a job's helper files must be importable.
         flags=("-E", "-s", "-u"),
-        version_prefix="Python ",
+    ),
+    "javascript": Runtime(
+        language="javascript",
+        interpreter="/usr/bin/node",
+        entry_file="main.js",
+        flags=(),
+    ),
+    "bash": Runtime(
+        language="bash",
+        interpreter="/usr/bin/bash",
+        entry_file="main.sh",
+        flags=("--noprofile", "--norc"),
     ),
 }
+
+
+def available_runtimes() -> dict[str, Runtime]:
+    """The runtimes whose interpreter is installed on this host."""
+    return {name: rt for name, rt in RUNTIMES.items() if Path(rt.interpreter).exists()}
+
 
 LANGUAGES: frozenset[str] = frozenset(RUNTIMES)

@@ -97,6 +97,7 @@ def test_oversized_bodies_and_code_get_413(stack: Stack) -> None:
         ({**OK_SPEC, "files": {"../escape.py": "x"}}, "relative path"),
         ({**OK_SPEC, "files": {"/etc/passwd": "x"}}, "relative path"),
         ({**OK_SPEC, "stdin": 5}, "stdin"),
+        ({**OK_SPEC, "files": {"main.py": "x"}}, "rename it"),
     ],
     ids=[
         "language",
@@ -108,6 +109,7 @@ def test_oversized_bodies_and_code_get_413(stack: Stack) -> None:
         "dotdot",
         "absolute",
         "stdin-type",
+        "entry-file",
     ],
 )
 def test_invalid_specs_get_422_saying_what_to_fix(

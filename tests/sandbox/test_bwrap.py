@@ -185,7 +185,7 @@ async def test_nothing_of_the_worker_is_visible() -> None:
     )
     for line in result.stdout.splitlines()[1:8]:
         assert line.endswith("False"), line
-    assert "['ld.so.cache'] None" in result.stdout
+    assert "['ld.so.cache'] []" in result.stdout  # /tmp: a fresh, empty tmpfs
     assert result.stdout.splitlines()[-1] == "['0', '1', '2', '3']"  # std streams + listdir's own
 
 
@@ -241,3 +241,29 @@ async def test_files_cannot_leave_the_work_dir() -> None:
 
 async def test_check_passes_on_this_machine() -> None:
     await create_sandbox("bwrap").check()
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "stdout"),
+    [
+        (
+            "javascript",
+            "const fs = require('fs');\nconsole.log(fs.readFileSync(0, 'utf8').trim() + '!')",
+            "hi!\n",
+        ),
+        ("bash", 'read -r line; echo "$line!"; echo "$(id -u)"', "hi!\n65534\n"),
+    ],
+)
+async def test_other_languages_run_sandboxed(language: str, code: str, stdout: str) -> None:
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(job_id="j-test", language=language, code=code, stdin="hi\n")
+    result = await create_sandbox("bwrap").run(spec, ignore)
+    assert (result.verdict, result.stdout) == (Verdict.ACCEPTED, stdout), result.stderr
+
+
+def test_runtimes_report_versions() -> None:
+    versions = {r.language: r.version for r in create_sandbox("bwrap").runtimes()}
+    assert versions["python"].startswith("3.")
+    assert set(versions) == {"python", "javascript", "bash"}

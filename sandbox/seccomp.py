@@ -1,0 +1,116 @@
+"""The seccomp filter every job runs under: the kernel's riskiest interfaces answer EPERM.
+
+Allow by default (a language runtime needs hundreds of ordinary syscalls) and refuse the ones
+that widen the attack surface or escape namespaces. bwrap loads the compiled BPF program
+with `--seccomp FD` after it has built the sandbox, so only the job is filtered.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from functools import cache
+
+import pyseccomp as seccomp
+
+DENIED_SYSCALLS = (
+    # Filesystems and namespaces: the sandbox's mounts and namespaces are final.
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    # Reaching into other processes.
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    # Kernel keyrings, eBPF, perf: large, often-exploited kernel surfaces.
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    # io_uring bypasses seccomp for the operations it performs (isolate 2.6 disables it too).
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    # userfaultfd makes kernel races easy to win.
+    "userfaultfd",
+    # The machine itself.
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "syslog",
+    "quotactl",
+    "vhangup",
+    "iopl",
+    "ioperm",
+    # File handles sidestep path permissions (the "shocker" container escape).
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "lookup_dcookie",
+    "nfsservctl",
+    "uselib",
+    "personality",
+)
+# Namespace flags that clone() must not carry; unshare() is refused outright above.
+_CLONE_NAMESPACES = (
+    0x10000000  # CLONE_NEWUSER
+    | 0x00020000  # CLONE_NEWNS
+    | 0x40000000  # CLONE_NEWNET
+    | 0x20000000  # CLONE_NEWPID
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x02000000  # CLONE_NEWCGROUP
+)
+
+
+@cache
+def _program() -> bytes:
+    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        except (ValueError, RuntimeError):
+            # A syscall this architecture does not have cannot be called either.
+            continue
+    for flag in (1 << bit for bit in range(32) if _CLONE_NAMESPACES & (1 << bit)):
+        rules.add_rule(
+            seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
+        )
+    # clone3 passes its flags in memory, out of a filter's sight: ENOSYS makes libc fall
+    # back to clone(), whose flags the rules above can see.
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    fd = os.memfd_create("crucible-seccomp", 0)
+    with open(fd, "w+b") as program:
+        rules.export_bpf(program)
+        program.seek(0)
+        return program.read()
+
+
+def seccomp_fd() -> int:
+    """A fresh fd holding the compiled filter, positioned for bwrap to read; caller closes."""
+    fd = os.memfd_create("crucible-seccomp", 0)
+    os.write(fd, _program())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

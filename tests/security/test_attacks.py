@@ -1,0 +1,306 @@
+"""Hostile jobs against the sandbox. Each attack prints BLOCKED when the sandbox stops it and
+ESCAPED when it gets through, so a failing sandbox is detected, not just a crashing attack.
+
+Attacks write markers and never delete; mounts target a job-local dir, never the host's /tmp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from pathlib import Path
+
+import pytest
+
+from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict, create_sandbox
+from tests.sse_client import run_job
+from tests.stack import Stack
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() != "x86_64", reason="syscall numbers below are x86_64's"
+)
+
+PRELUDE = """
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def syscall(nr, *args):
+    result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return result, ctypes.get_errno()
+def verdict(escaped):
+    print("ESCAPED" if escaped else "BLOCKED")
+"""
+
+# name -> code; the code decides BLOCKED or ESCAPED itself.
+SYSCALL_ATTACKS = {
+    "mount-tmpfs": "os.mkdir('m')\nverdict(libc.mount(b'none', b'm', b'tmpfs', 0, None) == 0)",
+    "unshare-user": "verdict(syscall(272, 0x10000000)[0] == 0)",
+    "unshare-mount": "verdict(syscall(272, 0x00020000)[0] == 0)",
+    "clone-newuser": "verdict(syscall(56, 0x10000000 | 17, 0, 0, 0, 0)[0] > 0)",
+    "setns": "fd = os.open('/proc/self/ns/net', os.O_RDONLY); verdict(syscall(308, fd, 0)[0] == 0)",
+    "ptrace-traceme": "verdict(syscall(101, 0, 0, 0, 0)[0] == 0)",
+    "process-vm-readv": "verdict(syscall(310, os.getppid(), 0, 0, 0, 0, 0)[1] != errno.EPERM)",
+    "io-uring": "verdict(syscall(425, 8, 0)[0] >= 0)",
+    "bpf": "verdict(syscall(321, 0, 0, 0)[1] != errno.EPERM)",
+    "keyctl": "verdict(syscall(250, 0, 0, 0, 0, 0)[1] != errno.EPERM)",
+    "add-key": "verdict(syscall(248, 0, 0, 0, 0, 0)[1] != errno.EPERM)",
+    "perf-event-open": "verdict(syscall(298, 0, 0, -1, -1, 0)[1] != errno.EPERM)",
+    "userfaultfd": "verdict(syscall(323, 0)[0] >= 0)",
+    "init-module": "verdict(syscall(175, 0, 0, 0)[1] != errno.EPERM)",
+    "kexec-load": "verdict(syscall(246, 0, 0, 0, 0)[1] != errno.EPERM)",
+    "reboot": "verdict(syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)[1] != errno.EPERM)",
+    "chroot": "verdict(libc.chroot(b'/work') == 0 or ctypes.get_errno() != errno.EPERM)",
+    "pivot-root": "verdict(syscall(155, 0, 0)[1] != errno.EPERM)",
+    "open-by-handle-at": "verdict(syscall(304, 0, 0, 0)[1] != errno.EPERM)",
+    "swapon": "verdict(syscall(167, 0, 0)[1] != errno.EPERM)",
+    "setuid-root": "verdict(syscall(105, 0)[0] == 0 and os.getuid() == 0)",
+    "sethostname": "verdict(libc.sethostname(b'pwned', 5) == 0)",
+}
+
+FILESYSTEM_ATTACKS = {
+    "write-root": "verdict(can_write('/escape-marker'))",
+    "write-usr": "verdict(can_write('/usr/escape-marker'))",
+    "write-dev": "verdict(can_write('/dev/escape-marker'))",
+    "write-proc-sys": "verdict(can_write('/proc/sys/kernel/hostname'))",
+    "read-host-secrets": "verdict(any(os.path.exists(p) for p in HOST_PATHS))",
+    "dev-block-devices": "verdict(bool(set(os.listdir('/dev')) - PLAIN_DEVICES))",
+    "proc-host-processes": "verdict(len([p for p in os.listdir('/proc') if p.isdigit()]) > 8)",
+    "proc-environ-of-init": "verdict(b'=' in open('/proc/1/environ', 'rb').read()[4:])",
+    "symlink-to-host-file": "os.symlink('/etc/passwd', 'link')\nverdict(can_read('link'))",
+    "setuid-binary": "verdict(run_ok(['/usr/bin/su', '-c', 'id -u']) == '0')",
+    "nested-bwrap": "verdict(run_ok(['/usr/bin/bwrap', '--ro-bind', '/', '/', 'id', '-u']) != '')",
+}
+PRELUDE += """
+import subprocess
+HOST_PATHS = ['/etc/shadow', '/etc/passwd', '/root', '/home', '/var/run/docker.sock', '/run',
+              '/sys/fs/cgroup', '/work/main', '/var/lib/docker']
+PLAIN_DEVICES = {'null', 'zero', 'full', 'random', 'urandom', 'tty', 'shm', 'pts', 'ptmx',
+                 'fd', 'stdin', 'stdout', 'stderr', 'core', 'console'}
+def can_write(path):
+    try:
+        with open(path, 'w') as f:
+            f.write('x')
+        return True
+    except OSError:
+        return False
+def can_read(path):
+    try:
+        return open(path).read() != ''
+    except OSError:
+        return False
+def run_ok(argv):
+    try:
+        done = subprocess.run(argv, input='', capture_output=True, text=True, timeout=5)
+    except OSError:
+        return ''
+    return done.stdout.strip() if done.returncode == 0 else ''
+"""
+
+
+async def run(code: str, **limits: float) -> ExecResult:
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(job_id="j-attack", language="python", code=code, limits=ExecLimits(**limits))
+    return await create_sandbox("bwrap").run(spec, ignore)
+
+
+def assert_blocked(result: ExecResult) -> None:
+    assert "ESCAPED" not in result.stdout, result
+    assert "BLOCKED" in result.stdout, result  # the attack really ran to its end
+
+
+@pytest.mark.parametrize("code", SYSCALL_ATTACKS.values(), ids=SYSCALL_ATTACKS.keys())
+async def test_syscall_attacks_are_refused(code: str) -> None:
+    assert_blocked(await run(PRELUDE + code))
+
+
+@pytest.mark.parametrize("code", FILESYSTEM_ATTACKS.values(), ids=FILESYSTEM_ATTACKS.keys())
+async def test_filesystem_and_proc_attacks_fail(code: str) -> None:
+    assert_blocked(await run(PRELUDE + code))
+    assert not Path("/escape-marker").exists() and not Path("/usr/escape-marker").exists()
+
+
+async def test_host_loopback_services_are_unreachable() -> None:
+    # Stand-ins for NATS, the gateway and a Docker API on the host's loopback.
+    servers = [await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0) for _ in range(3)]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    code = PRELUDE + (
+        "import socket\n"
+        f"ports = {ports}\n"
+        "reached = []\n"
+        "for port in ports:\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=1)\n"
+        "        reached.append(port)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(sorted(n for _, n in socket.if_nameindex()))\n"
+        "verdict(bool(reached))"
+    )
+    try:
+        result = await run(code)
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert_blocked(result)
+    assert "['lo']" in result.stdout
+
+
+async def test_the_workers_environment_and_credentials_do_not_leak() -> None:
+    os.environ["CRUCIBLE_NATS_PASSWORD"] = "hunter2-marker"
+    try:
+        code = PRELUDE + (
+            "import glob\n"
+            "seen = str(dict(os.environ))\n"
+            "for path in glob.glob('/proc/*/environ'):\n"
+            "    try:\n"
+            "        seen += open(path, 'rb').read().decode(errors='replace')\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "verdict('hunter2-marker' in seen or 'CRUCIBLE' in seen)"
+        )
+        assert_blocked(await run(code))
+    finally:
+        del os.environ["CRUCIBLE_NATS_PASSWORD"]
+
+
+async def test_concurrent_jobs_cannot_see_each_other() -> None:
+    writer = (
+        "import os, time\n"
+        "for d in ('/work', '/tmp', '/dev/shm'):\n"
+        "    open(os.path.join(d, 'job-a-marker'), 'w').write('a')\n"
+        "print('written', flush=True)\n"
+        "time.sleep(3)\n"
+    )
+    reader = PRELUDE + (
+        "import time, glob\n"
+        "time.sleep(1)\n"
+        "found = [p for d in ('/work', '/tmp', '/dev/shm') for p in glob.glob(d + '/*marker*')]\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "procs = [open(f'/proc/{p}/cmdline', 'rb').read() for p in pids]\n"
+        "verdict(bool(found) or any(b'job-a' in c or b'time.sleep(3)' in c for c in procs))"
+    )
+    first, second = await asyncio.gather(run(writer), run(reader))
+    assert "written" in first.stdout
+    assert_blocked(second)
+
+
+async def test_kill_everything_only_kills_the_job() -> None:
+    result = await run(PRELUDE + "import signal\nos.kill(-1, signal.SIGKILL)\nverdict(False)")
+    assert result.verdict in (Verdict.ACCEPTED, Verdict.RUNTIME_ERROR)
+    assert os.getpid() > 0 and Path(f"/proc/{os.getpid()}").exists()  # we, the host, survive
+
+
+@pytest.mark.parametrize(
+    ("code", "limits", "verdict"),
+    [
+        (
+            "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+            {"processes": 16, "wall_time_s": 2},
+            Verdict.TIME_LIMIT_EXCEEDED,
+        ),
+        (
+            "x = []\nwhile True: x.append(bytearray(2**20))",
+            {"memory_mb": 64},
+            Verdict.MEMORY_LIMIT_EXCEEDED,
+        ),
+        (
+            "import sys\nwhile True: sys.stdout.write('A' * 65536)",
+            {"output_bytes": 100_000},
+            Verdict.OUTPUT_LIMIT_EXCEEDED,
+        ),
+        ("while True: pass", {"cpu_time_s": 1, "wall_time_s": 10}, Verdict.TIME_LIMIT_EXCEEDED),
+        ("import time\ntime.sleep(60)", {"wall_time_s": 1}, Verdict.TIME_LIMIT_EXCEEDED),
+        (
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
+            {"wall_time_s": 1},
+            Verdict.TIME_LIMIT_EXCEEDED,
+        ),
+    ],
+    ids=["fork-bomb", "memory-bomb", "output-flood", "cpu-spin", "sleep", "sigterm-ignored"],
+)
+async def test_resource_attacks_end_in_their_verdict(
+    code: str, limits: dict[str, float], verdict: Verdict
+) -> None:
+    result = await run(code, **limits)
+    assert result.verdict is verdict, result
+
+
+async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched() -> None:
+    before = os.statvfs("/").f_bavail
+    code = PRELUDE + (
+        "try:\n"
+        "    with open('fill', 'wb') as f:\n"
+        "        for _ in range(1024):\n"
+        "            f.write(b'x' * 2**20)\n"
+        "            f.flush()\n"
+        "    verdict(True)\n"
+        "except OSError as e:\n"
+        "    print(e.errno == errno.ENOSPC or e.errno == errno.EFBIG)\n"
+        "    verdict(False)"
+    )
+    result = await run(code, disk_mb=16)
+    assert_blocked(result)
+    block = os.statvfs("/").f_frsize
+    assert (before - os.statvfs("/").f_bavail) * block < 64 * 2**20  # nothing landed on disk
+
+
+async def test_a_surviving_daemon_is_killed() -> None:
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        while True:\n"
+        "            open('/work/alive', 'w').write(str(time.time()))\n"
+        "            time.sleep(0.05)\n"
+        "    os._exit(0)\n"
+        "print('daemonised')\n"
+    )
+    result = await run(code)
+    assert "daemonised" in result.stdout
+    leftovers = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and Path(f"/proc/{pid}/status").exists()
+        and "Uid:\t65534" in Path(f"/proc/{pid}/status").read_text(errors="replace")
+        and b"python3" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert leftovers == []
+
+
+async def test_invalid_utf8_output_is_replaced_not_fatal() -> None:
+    result = await run("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe bad\\n')")
+    assert result.verdict is Verdict.ACCEPTED
+    assert result.stdout == "ok \ufffd\ufffd bad\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["../x.py", "/etc/cron.d/x", "a/../../x", "./x", "a//b", "main.py"]
+)
+async def test_symlink_and_traversal_file_names_are_refused(name: str) -> None:
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(job_id="j-attack", language="python", code="print(1)", files={name: "x"})
+    with pytest.raises(ValueError):
+        await create_sandbox("bwrap").run(spec, ignore)
+
+
+def test_after_attacks_the_stack_still_serves_jobs(stack: Stack) -> None:
+    for code, limits in [
+        (
+            "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+            {"processes": 16, "wall_time_s": 2},
+        ),
+        ("x = []\nwhile True: x.append(bytearray(2**20))", {"memory_mb": 64}),
+        (PRELUDE + SYSCALL_ATTACKS["unshare-user"], {}),
+    ]:
+        finished = run_job(stack, {"language": "python", "code": code, "limits": limits})
+        assert finished["verdict"] != "internal_error"
+        assert "ESCAPED" not in finished["stdout"]
+    assert run_job(stack, {"language": "python", "code": "print(6 * 7)"})["stdout"] == "42\n"
