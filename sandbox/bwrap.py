@@ -33,7 +33,7 @@ from sandbox.models import (
     RuntimeInfo,
     Verdict,
 )
-from sandbox.runtimes import RUNTIMES, Runtime, available_runtimes
+from sandbox.runtimes import COMPILE_LIMITS, RUNTIMES, Runtime, available_runtimes
 from sandbox.seccomp import seccomp_fd
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
@@ -64,6 +64,15 @@ _SETPRIV_FLAGS = [
     "--inh-caps=-all",
     "--bounding-set=-all",
 ]
+
+
+def _widest(limits: ExecLimits, other: ExecLimits | None) -> ExecLimits:
+    """Limits that fit both phases, for the cgroup until the compile step is over."""
+    if other is None:
+        return limits
+    return ExecLimits(
+        **{name: max(value, getattr(other, name)) for name, value in limits.model_dump().items()}
+    )
 
 
 def _file_args(spec: ExecSpec, runtime: Runtime) -> tuple[list[str], dict[int, str]]:
@@ -212,22 +221,33 @@ class BwrapSandbox:
             )
         file_args, contents = _file_args(spec, runtime)
         filter_fd = seccomp_fd()
+        # Compiled languages report the end of their compile step through this pipe.
+        phase_read: int | None = None
+        phase_write: int | None = None
+        if runtime.compiled:
+            phase_read, phase_write = os.pipe()
         cgroup: JobCgroup | None = None
         try:
             for fd, content in contents.items():
                 os.write(fd, content.encode())
                 os.lseek(fd, 0, os.SEEK_SET)
-            cgroup = JobCgroup.create(spec.job_id, spec.limits)
+            compile_limits = COMPILE_LIMITS if runtime.compiled else None
+            widest = _widest(spec.limits, compile_limits)
+            cgroup = JobCgroup.create(spec.job_id, widest)
+            inner = runtime.argv(spec.args, phase_write)
             command = Command(
-                argv=_argv(spec.limits, file_args, filter_fd, runtime.argv(spec.args)),
-                env={
-                    "CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files)),
-                },
-                pass_fds=[*contents, filter_fd],
+                argv=_argv(widest, file_args, filter_fd, inner),
+                env={"CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files))},
+                pass_fds=[*contents, filter_fd, *([phase_write] if phase_write else [])],
+                phase_fd=phase_read,
             )
-            return await execute(command, spec.stdin, spec.limits, cgroup, on_output)
+            phase_read = None  # execute() owns it now
+            return await execute(
+                command, spec.stdin, spec.limits, cgroup, on_output, compile_limits
+            )
         finally:
-            for fd in (*contents, filter_fd):
-                os.close(fd)
+            for leftover in (*contents, filter_fd, phase_read, phase_write):
+                if leftover is not None:
+                    os.close(leftover)
             if cgroup is not None:
                 cgroup.remove()

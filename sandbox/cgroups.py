@@ -61,22 +61,33 @@ class JobCgroup:
         for path in dirs.values():
             path.mkdir(parents=True)
         cgroup = cls(dirs)
-        memory = dirs["memory"]
-        limit_bytes = limits.memory_mb * _MIB
-        _write(memory / "memory.limit_in_bytes", limit_bytes)
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            # Swap must not become a way around the memory limit.
-            _write(memory / "memory.memsw.limit_in_bytes", limit_bytes)
-        _write(dirs["pids"] / "pids.max", limits.processes)
+        cgroup.apply(limits)
         # At most one core per job: one job must not starve the others on the machine.
         _write(dirs["cpu"] / "cpu.cfs_period_us", _CPU_PERIOD_US)
         _write(dirs["cpu"] / "cpu.cfs_quota_us", _CPU_PERIOD_US)
         return cgroup
 
+    def apply(self, limits: ExecLimits) -> None:
+        """Set the memory and process caps (also to lower them between compile and run)."""
+        memory = self.dirs["memory"]
+        limit = str(limits.memory_mb * _MIB)
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        # memsw may never be below the memory limit: lower memory first, raise memsw first.
+        # Swap must not become a way around the memory limit, so both get the same value.
+        order = [memory / "memory.limit_in_bytes"] + ([memsw] if memsw.exists() else [])
+        current = _read_int(memory / "memory.limit_in_bytes")
+        for path in order if int(limit) <= current else reversed(order):
+            _write(path, limit)
+        _write(self.dirs["pids"] / "pids.max", limits.processes)
+
     @property
     def procs_files(self) -> list[Path]:
         """Where the job's first process writes its pid, once per controller."""
         return [path / "cgroup.procs" for path in self.dirs.values()]
+
+    def reset_peak(self) -> None:
+        """Forget the peak so far: a compiler's memory is not the program's."""
+        _write(self.dirs["memory"] / "memory.max_usage_in_bytes", 0)
 
     def cpu_time_s(self) -> float:
         return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9

@@ -1,13 +1,20 @@
-"""Running one sandboxed command to its end: limits enforced from outside, then a verdict."""
+"""Running one sandboxed command to its end: limits enforced from outside, then a verdict.
+
+A compiled language runs in two phases in one sandbox: the compiler under the compile
+limits, then the program under the job's. The wrapper reports the switch by writing a byte
+to a pipe (`Command.phase_fd`), which it closes before the program starts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sandbox.cgroups import JobCgroup
 from sandbox.models import ExecLimits, ExecResult, OutputSink, Verdict
@@ -25,12 +32,32 @@ class Command:
     argv: Sequence[str]
     env: Mapping[str, str]
     pass_fds: Sequence[int]
+    phase_fd: int | None = None  # read end of the compile-phase pipe, for compiled languages
+
+
+@dataclass
+class _Phase:
+    limits: ExecLimits
+    compiling: bool
+    started: float
+    cpu_base_s: float
 
 
 async def _watch_cpu(cgroup: JobCgroup, limit_s: float) -> None:
     # RLIMIT_CPU caps each process; this caps the job's processes together.
     while cgroup.cpu_time_s() < limit_s:  # noqa: ASYNC110 - polling a kernel counter
         await asyncio.sleep(_CPU_POLL_S)
+
+
+async def _wait_compiled(pipe: BinaryIO) -> bool:
+    """True once the wrapper reports a finished compile; False when it exits without."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        return bool(await reader.read(1))
+    finally:
+        transport.close()
 
 
 async def _feed(writer: asyncio.StreamWriter, data: str) -> None:
@@ -51,7 +78,12 @@ def _signal_name(number: int) -> str:
 
 
 async def execute(
-    command: Command, stdin: str, limits: ExecLimits, cgroup: JobCgroup, on_output: OutputSink
+    command: Command,
+    stdin: str,
+    limits: ExecLimits,
+    cgroup: JobCgroup,
+    on_output: OutputSink,
+    compile_limits: ExecLimits | None = None,
 ) -> ExecResult:
     """Run `command` (which joins `cgroup` first), stream its output, judge how it ended."""
     process = await asyncio.create_subprocess_exec(
@@ -64,7 +96,6 @@ async def execute(
         pass_fds=tuple(command.pass_fds),
         start_new_session=True,
     )
-    started = time.monotonic()
     assert process.stdin and process.stdout and process.stderr
     output = OutputCollector(on_output, limits.output_bytes)
     readers = [
@@ -73,50 +104,75 @@ async def execute(
     ]
     exited = asyncio.create_task(process.wait())
     overflow = asyncio.create_task(output.overflowed.wait())
-    cpu = asyncio.create_task(_watch_cpu(cgroup, limits.cpu_time_s))
-    helpers = [asyncio.create_task(_feed(process.stdin, stdin)), overflow, cpu, exited]
+    phase_pipe = None if command.phase_fd is None else os.fdopen(command.phase_fd, "rb", 0)
+    compiled = None if phase_pipe is None else asyncio.create_task(_wait_compiled(phase_pipe))
+    phase = _Phase(compile_limits or limits, compile_limits is not None, time.monotonic(), 0.0)
+    helpers = [asyncio.create_task(_feed(process.stdin, stdin)), exited, overflow]
+    cpu: asyncio.Task[None] | None = None
     try:
-        # The wall clock is enforced from out here: a job that stops itself (SIGSTOP) or
-        # ignores SIGTERM still ends, because the whole cgroup is killed.
-        done, _ = await asyncio.wait(
-            {exited, overflow, cpu},
-            timeout=limits.wall_time_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        while True:
+            cpu = asyncio.create_task(
+                _watch_cpu(cgroup, phase.cpu_base_s + phase.limits.cpu_time_s)
+            )
+            watched = {exited, overflow, cpu}
+            if compiled is not None and not compiled.done():
+                watched.add(compiled)
+            # The wall clock is enforced from out here: a job that stops itself (SIGSTOP)
+            # or ignores SIGTERM still ends, because the whole cgroup is killed.
+            remaining_s = phase.started + phase.limits.wall_time_s - time.monotonic()
+            done, _ = await asyncio.wait(
+                watched, timeout=max(remaining_s, 0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if compiled in done and compiled.result() and not done & {exited, overflow, cpu}:
+                cpu.cancel()
+                cgroup.apply(limits)  # the program gets the job's limits, not the compiler's
+                cgroup.reset_peak()
+                phase = _Phase(limits, False, time.monotonic(), cgroup.cpu_time_s())
+                continue
+            if done == {compiled}:
+                cpu.cancel()
+                continue  # the compiler failed; wait for the wrapper to exit
+            break
         await cgroup.kill()  # everything the job started dies now, daemons included
         await process.wait()
         await asyncio.wait_for(asyncio.gather(*readers), _DRAIN_TIMEOUT_S)
     finally:
-        for task in (*helpers, *readers):
+        for task in (*helpers, *readers, *(t for t in (cpu, compiled) if t is not None)):
             task.cancel()
         if process.returncode is None:
             await cgroup.kill()
             await process.wait()
+        if phase_pipe is not None:
+            phase_pipe.close()
     return _result(
         returncode=process.returncode,
+        compiling=phase.compiling,
         wall_exceeded=not done,
-        cpu_exceeded=cpu in done or cgroup.cpu_time_s() >= limits.cpu_time_s,
+        cpu_exceeded=cpu in done
+        or cgroup.cpu_time_s() - phase.cpu_base_s >= phase.limits.cpu_time_s,
         output=output,
         cgroup=cgroup,
-        wall_time_s=time.monotonic() - started,
+        wall_time_s=time.monotonic() - phase.started,
+        cpu_time_s=cgroup.cpu_time_s() - phase.cpu_base_s,
     )
 
 
 def _result(
     returncode: int | None,
+    compiling: bool,
     wall_exceeded: bool,
     cpu_exceeded: bool,
     output: OutputCollector,
     cgroup: JobCgroup,
     wall_time_s: float,
+    cpu_time_s: float,
 ) -> ExecResult:
-    stdout, stderr = output.text("stdout"), output.text("stderr")
     measured = ExecResult(
         verdict=Verdict.ACCEPTED,
-        stdout=stdout,
-        stderr=stderr,
+        stdout=output.text("stdout"),
+        stderr=output.text("stderr"),
         wall_time_s=round(wall_time_s, 4),
-        cpu_time_s=round(cgroup.cpu_time_s(), 4),
+        cpu_time_s=round(cpu_time_s, 4),
         memory_peak_mb=round(cgroup.memory_peak_mb(), 2),
     )
     code = returncode if returncode is not None else -signal.SIGKILL
@@ -136,14 +192,21 @@ def _result(
 
     if output.overflowed.is_set():
         return result(Verdict.OUTPUT_LIMIT_EXCEEDED, "output limit exceeded")
+    if code == SETUP_FAILED or (code == _BWRAP_FAILED and measured.stderr.startswith("bwrap: ")):
+        reason = f"the sandbox could not start: {measured.stderr.strip()}"
+        return result(Verdict.INTERNAL_ERROR, reason)
+    if compiling:
+        if wall_exceeded or cpu_exceeded:
+            return result(Verdict.COMPILATION_ERROR, "compilation exceeded its time limit")
+        if cgroup.oom_killed():
+            return result(Verdict.COMPILATION_ERROR, "compilation exceeded its memory limit")
+        return result(Verdict.COMPILATION_ERROR, "compilation failed")
     if cpu_exceeded or signal_number == signal.SIGXCPU:
         return result(Verdict.TIME_LIMIT_EXCEEDED, "CPU time limit exceeded")
     if wall_exceeded:
         return result(Verdict.TIME_LIMIT_EXCEEDED, "wall time limit exceeded")
     if cgroup.oom_killed():
         return result(Verdict.MEMORY_LIMIT_EXCEEDED, "memory limit exceeded")
-    if code == SETUP_FAILED or (code == _BWRAP_FAILED and stderr.startswith("bwrap: ")):
-        return result(Verdict.INTERNAL_ERROR, f"the sandbox could not start: {stderr.strip()}")
     if code == 0:
         return result(Verdict.ACCEPTED)
     if signal_name:

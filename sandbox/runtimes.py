@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from sandbox.models import ExecLimits
+
 _VERSION_TIMEOUT_S = 10
+BINARY = "/tmp/main"  # where a compiled program is written, inside the sandbox
+# The compiler's own limits, whatever the job asks for its program: compilers need more
+# memory and time than most programs, and a job must not buy a bigger compile with its own.
+COMPILE_LIMITS = ExecLimits(
+    wall_time_s=20, cpu_time_s=20, memory_mb=768, processes=32, output_bytes=65536, disk_mb=64
+)
+# Between compiling and running, the wrapper writes one byte here, then closes it, so the
+# worker knows which phase ended; the program itself never holds this descriptor.
+_COMPILED_MARK = 'printf c >&{fd} && exec {fd}>&- && exec {binary} "$@"'
+
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
 
 
@@ -18,9 +30,21 @@ class Runtime:
     interpreter: str
     entry_file: str  # the job's `code` is written here, inside the work dir
     flags: tuple[str, ...]
+    compiled: bool = False  # interpreter is a compiler: `flags` compile, then BINARY runs
+    link_flags: tuple[str, ...] = ()  # after the source file, where the linker wants them
 
-    def argv(self, args: list[str]) -> list[str]:
-        return [self.interpreter, *self.flags, self.entry_file, *args]
+    def argv(self, args: list[str], phase_fd: int | None = None) -> list[str]:
+        """The command inside the sandbox; compiled languages report the phase on `phase_fd`."""
+        if not self.compiled:
+            return [self.interpreter, *self.flags, self.entry_file, *args]
+        if phase_fd is None:
+            raise ValueError(f"{self.language} needs a phase fd to report its compile step")
+        compile_step = " ".join(
+            [self.interpreter, *self.flags, "-o", BINARY, self.entry_file, *self.link_flags]
+        )
+        script = f"{compile_step} || exit $?; " + _COMPILED_MARK.format(fd=phase_fd, binary=BINARY)
+        # bash, not dash: dash's redirections take single-digit descriptors only.
+        return ["/usr/bin/bash", "--noprofile", "--norc", "-c", script, "main", *args]
 
     @cache  # noqa: B019 - runtimes are module-level singletons; the cache lives as long
     def version(self) -> str:
@@ -60,6 +84,21 @@ RUNTIMES: dict[str, Runtime] = {
         interpreter="/usr/bin/bash",
         entry_file="main.sh",
         flags=("--noprofile", "--norc"),
+    ),
+    "c": Runtime(
+        language="c",
+        interpreter="/usr/bin/gcc",
+        entry_file="main.c",
+        flags=("-std=c17", "-O2", "-pipe"),
+        compiled=True,
+        link_flags=("-lm",),
+    ),
+    "cpp": Runtime(
+        language="cpp",
+        interpreter="/usr/bin/g++",
+        entry_file="main.cpp",
+        flags=("-std=c++17", "-O2", "-pipe"),
+        compiled=True,
     ),
 }
 

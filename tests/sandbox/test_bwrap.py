@@ -252,6 +252,18 @@ async def test_check_passes_on_this_machine() -> None:
             "hi!\n",
         ),
         ("bash", 'read -r line; echo "$line!"; echo "$(id -u)"', "hi!\n65534\n"),
+        (
+            "c",
+            "#include <stdio.h>\n"
+            'int main(void) { char s[8]; scanf("%7s", s); printf("%s!\\n", s); }',
+            "hi!\n",
+        ),
+        (
+            "cpp",
+            "#include <iostream>\n#include <string>\n"
+            'int main() { std::string s; std::cin >> s; std::cout << s << "!" << std::endl; }',
+            "hi!\n",
+        ),
     ],
 )
 async def test_other_languages_run_sandboxed(language: str, code: str, stdout: str) -> None:
@@ -266,4 +278,43 @@ async def test_other_languages_run_sandboxed(language: str, code: str, stdout: s
 def test_runtimes_report_versions() -> None:
     versions = {r.language: r.version for r in create_sandbox("bwrap").runtimes()}
     assert versions["python"].startswith("3.")
-    assert set(versions) == {"python", "javascript", "bash"}
+    assert set(versions) == {"python", "javascript", "bash", "c", "cpp"}
+
+
+async def compiled(language: str, code: str, **limits: float) -> ExecResult:
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(job_id="j-test", language=language, code=code, limits=ExecLimits(**limits))
+    return await create_sandbox("bwrap").run(spec, ignore)
+
+
+async def test_compile_errors_are_compilation_error_with_the_message() -> None:
+    result = await compiled("c", "int main(void) { return syntax error; }")
+    assert result.verdict is Verdict.COMPILATION_ERROR
+    assert "error" in result.stderr and "main.c" in result.stderr
+
+
+async def test_compiled_programs_get_the_jobs_limits_not_the_compilers() -> None:
+    # Compiling takes more time and memory than the program is allowed: both must still work.
+    touch = (
+        "#include <stdlib.h>\n#include <stdio.h>\n"
+        "int main(void) { volatile char *p = malloc(200L << 20);\n"
+        "  for (long i = 0; i < (200L << 20); i += 4096) p[i] = 1;\n"
+        '  printf("%d\\n", p[4096]); }'
+    )
+    result = await compiled("c", touch, memory_mb=64, cpu_time_s=0.5)
+    assert result.verdict is Verdict.MEMORY_LIMIT_EXCEEDED, result
+    spin = await compiled("cpp", "int main() { for (;;) {} }", cpu_time_s=1, wall_time_s=10)
+    assert spin.verdict is Verdict.TIME_LIMIT_EXCEEDED and spin.reason == "CPU time limit exceeded"
+    assert spin.cpu_time_s < 3  # the program's CPU time, the compiler's not counted
+
+
+async def test_the_program_cannot_fake_the_compile_phase() -> None:
+    # Writing to every fd cannot reach the phase pipe: the wrapper closed it before exec.
+    code = (
+        "#include <unistd.h>\n#include <stdlib.h>\n"
+        'int main(void) { for (int fd = 3; fd < 256; fd++) write(fd, "c", 1); return 3; }'
+    )
+    result = await compiled("c", code)
+    assert (result.verdict, result.exit_code) == (Verdict.RUNTIME_ERROR, 3)
