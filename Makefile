@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox-deps
+.PHONY: run test lint sandbox-deps image
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ sandbox-deps:
 
 run: $(STAMP) sandbox-deps
 	$(VENV)/bin/crucible up
+
+# The Docker backend's runtime image, from Debian packages (no registry needed).
+image: $(STAMP)
+	$(VENV)/bin/crucible sandbox build-image --if-missing
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

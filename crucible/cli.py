@@ -126,5 +126,39 @@ def worker(
         shutdown_tracing()
 
 
+sandbox_app = typer.Typer(no_args_is_help=True, help="The sandboxes' runtime image.")
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("build-image")
+def build_image(
+    tag: Annotated[str, typer.Option(help="image name")] = "crucible-runtime:latest",
+    dockerfile: Annotated[bool, typer.Option(help="docker build (needs a registry)")] = False,
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror for debootstrap")] = None,
+    if_missing: Annotated[bool, typer.Option(help="do nothing when the image exists")] = False,
+) -> None:
+    """Build the Docker backend's runtime image (debootstrap + docker import by default)."""
+    from crucible.image import (
+        ImageBuildError,
+        build_with_debootstrap,
+        build_with_dockerfile,
+        image_exists,
+    )
+
+    if if_missing and image_exists(tag):
+        print(f"{tag} exists")
+        return
+    print(f"building {tag} ({'docker build' if dockerfile else 'debootstrap'}, ~1 min)...")
+    try:
+        if dockerfile:
+            build_with_dockerfile(tag)
+        else:
+            build_with_debootstrap(tag, mirror)
+    except ImageBuildError as exc:
+        print(f"crucible sandbox build-image: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+    print(f"built {tag}")
+
+
 def main() -> None:
     app()

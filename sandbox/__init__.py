@@ -9,6 +9,7 @@ A job that fails (non-zero exit, limits exceeded) is an `ExecResult`, never an e
 """
 
 from sandbox import bwrap as _bwrap  # noqa: F401 - registers the backend
+from sandbox import docker as _docker  # noqa: F401 - registers the backend
 from sandbox.base import Sandbox, create_sandbox
 from sandbox.errors import SandboxError, SandboxUnavailableError
 from sandbox.models import (

@@ -23,6 +23,9 @@ class Sandbox(Protocol):
     def runtimes(self) -> list[RuntimeInfo]:
         """The languages this backend can run, with versions."""
 
+    async def close(self) -> None:
+        """Release what the backend holds (warm containers); it runs no job afterwards."""
+
 
 _BACKENDS: dict[str, Callable[[], Sandbox]] = {}
 

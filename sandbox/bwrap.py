@@ -24,6 +24,7 @@ from sandbox.base import register
 from sandbox.cgroups import JobCgroup, check_cgroups
 from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import SETUP_FAILED, Command, execute
+from sandbox.files import check_file_names
 from sandbox.models import (
     ExecLimits,
     ExecResult,
@@ -38,7 +39,6 @@ from sandbox.seccomp import seccomp_fd
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
 WORK_DIR = "/work"
-MAX_FILES = 256
 _MIB = 1024 * 1024
 _SHM_MB = 16
 _NOFILE = 256
@@ -77,19 +77,13 @@ def _widest(limits: ExecLimits, other: ExecLimits | None) -> ExecLimits:
 
 def _file_args(spec: ExecSpec, runtime: Runtime) -> tuple[list[str], dict[int, str]]:
     """bwrap arguments that put the job's files into the work dir, and the fds they read."""
+    check_file_names(list(spec.files), runtime.entry_file)
     files = {runtime.entry_file: spec.code, **spec.files}
-    if len(files) > MAX_FILES:
-        raise ValueError(f"{len(files)} files; at most {MAX_FILES}")
     args: list[str] = []
     contents: dict[int, str] = {}
     made_dirs: set[str] = set()
     for name, content in files.items():
         path = PurePosixPath(name)
-        # The last line of defence (the gateway checks first): nothing outside the work dir.
-        if path.is_absolute() or not name or any(p in ("", ".", "..") for p in name.split("/")):
-            raise ValueError(f"file name {name!r} is not a relative path inside the work dir")
-        if name in spec.files and name == runtime.entry_file:
-            raise ValueError(f"file name {name!r} is reserved for the job's code")
         for parent in reversed(path.parents[:-1]):
             if str(parent) not in made_dirs:
                 made_dirs.add(str(parent))
@@ -205,6 +199,9 @@ class BwrapSandbox:
                 f"a probe job failed in bubblewrap ({probe.verdict}): {probe.reason or ''} "
                 f"{probe.stderr.strip()}"
             )
+
+    async def close(self) -> None:
+        pass  # nothing outlives a job
 
     def runtimes(self) -> list[RuntimeInfo]:
         return [

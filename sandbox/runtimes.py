@@ -56,9 +56,14 @@ class Runtime:
             timeout=_VERSION_TIMEOUT_S,
             check=True,
         )
-        first_line = (out.stdout or out.stderr).strip().splitlines()[0]
-        found = _VERSION.search(first_line)
-        return found.group(0) if found else first_line
+        return parse_version(out.stdout or out.stderr)
+
+
+def parse_version(text: str) -> str:
+    """`3.11.2` from `Python 3.11.2`, `GNU bash, version 5.2.15(1)-release ...`, `v20.1.0`."""
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    found = _VERSION.search(first_line)
+    return found.group(0) if found else first_line
 
 
 RUNTIMES: dict[str, Runtime] = {

@@ -8,6 +8,7 @@ with `--seccomp FD` after it has built the sandbox, so only the job is filtered.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from functools import cache
 
@@ -114,3 +115,23 @@ def seccomp_fd() -> int:
     os.write(fd, _program())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+@cache
+def docker_profile() -> str:
+    """The same filter as a Docker seccomp profile (JSON), for `security_opt=["seccomp=..."]`."""
+    namespace_flags = [1 << bit for bit in range(32) if _CLONE_NAMESPACES & (1 << bit)]
+    rules: list[dict[str, object]] = [
+        {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
+    ]
+    rules += [
+        {
+            "names": ["clone"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": errno.EPERM,
+            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+        }
+        for flag in namespace_flags
+    ]
+    return json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +9,8 @@ import pytest
 if TYPE_CHECKING:
     from tests.otlp_receiver import OtlpReceiver
 
+from sandbox import Sandbox
+from tests.backends import BACKENDS, open_sandbox
 from tests.stack import NatsServer, Stack, start_nats, start_stack
 
 
@@ -43,3 +45,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Itera
     )
     yield running
     assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(params=BACKENDS)
+async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """Each backend in turn, checked and ready; Docker is skipped without an engine (not in CI)."""
+    async with open_sandbox(request.param) as ready:
+        yield ready

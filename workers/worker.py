@@ -84,6 +84,7 @@ class Worker:
                 await heartbeat
             await psub.unsubscribe()
         finally:
+            await self._sandbox.close()
             # Not drain(): draining a pull subscription waits out its whole timeout. Every
             # job is acked or handed back by now; flush so those last acks leave first.
             with suppress(Exception):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict, create_sandbox
+from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Sandbox, Verdict
 from tests.sse_client import run_job
 from tests.stack import Stack
 
@@ -57,25 +57,29 @@ SYSCALL_ATTACKS = {
     "sethostname": "verdict(libc.sethostname(b'pwned', 5) == 0)",
 }
 
+HOST_FILE = str(Path(__file__).resolve())  # readable on the host; a sandbox must not reach it
 FILESYSTEM_ATTACKS = {
     "write-root": "verdict(can_write('/escape-marker'))",
     "write-usr": "verdict(can_write('/usr/escape-marker'))",
     "write-dev": "verdict(can_write('/dev/escape-marker'))",
     "write-proc-sys": "verdict(can_write('/proc/sys/kernel/hostname'))",
-    "read-host-secrets": "verdict(any(os.path.exists(p) for p in HOST_PATHS))",
+    "read-host-secrets": "verdict(any(os.path.exists(p) for p in HOST_PATHS) or can_read(SHADOW))",
     "dev-block-devices": "verdict(bool(set(os.listdir('/dev')) - PLAIN_DEVICES))",
     "proc-host-processes": "verdict(len([p for p in os.listdir('/proc') if p.isdigit()]) > 8)",
-    "proc-environ-of-init": "verdict(b'=' in open('/proc/1/environ', 'rb').read()[4:])",
-    "symlink-to-host-file": "os.symlink('/etc/passwd', 'link')\nverdict(can_read('link'))",
+    "proc-environ-of-init": "verdict(any(s in read_bytes('/proc/1/environ') for s in LEAKS))",
+    "symlink-to-host-file": f"os.symlink({HOST_FILE!r}, 'link')\nverdict(can_read('link'))",
     "setuid-binary": "verdict(run_ok(['/usr/bin/su', '-c', 'id -u']) == '0')",
     "nested-bwrap": "verdict(run_ok(['/usr/bin/bwrap', '--ro-bind', '/', '/', 'id', '-u']) != '')",
 }
 PRELUDE += """
 import subprocess
-HOST_PATHS = ['/etc/shadow', '/etc/passwd', '/root', '/home', '/var/run/docker.sock', '/run',
-              '/sys/fs/cgroup', '/work/main', '/var/lib/docker']
+# Paths that exist on the host, never in a sandbox (each backend's image has its own /etc).
+HOST_PATHS = ['/root/.pyenv', '/work/main', '/var/run/docker.sock', '/var/lib/docker',
+              '/sys/fs/cgroup/memory/crucible', '/etc/docker']
+SHADOW = '/etc/shadow'
+LEAKS = [b'CRUCIBLE', b'NATS', b'PASSWORD', b'OTEL', b'/root', b'/work/main']
 PLAIN_DEVICES = {'null', 'zero', 'full', 'random', 'urandom', 'tty', 'shm', 'pts', 'ptmx',
-                 'fd', 'stdin', 'stdout', 'stderr', 'core', 'console'}
+                 'fd', 'stdin', 'stdout', 'stderr', 'core', 'console', 'mqueue'}
 def can_write(path):
     try:
         with open(path, 'w') as f:
@@ -88,6 +92,9 @@ def can_read(path):
         return open(path).read() != ''
     except OSError:
         return False
+def read_bytes(path):
+    with open(path, 'rb') as f:
+        return f.read()
 def run_ok(argv):
     try:
         done = subprocess.run(argv, input='', capture_output=True, text=True, timeout=5)
@@ -97,12 +104,12 @@ def run_ok(argv):
 """
 
 
-async def run(code: str, **limits: float) -> ExecResult:
+async def run(sandbox: Sandbox, code: str, **limits: float) -> ExecResult:
     async def ignore(chunk: OutputChunk) -> None:
         pass
 
     spec = ExecSpec(job_id="j-attack", language="python", code=code, limits=ExecLimits(**limits))
-    return await create_sandbox("bwrap").run(spec, ignore)
+    return await sandbox.run(spec, ignore)
 
 
 def assert_blocked(result: ExecResult) -> None:
@@ -111,17 +118,17 @@ def assert_blocked(result: ExecResult) -> None:
 
 
 @pytest.mark.parametrize("code", SYSCALL_ATTACKS.values(), ids=SYSCALL_ATTACKS.keys())
-async def test_syscall_attacks_are_refused(code: str) -> None:
-    assert_blocked(await run(PRELUDE + code))
+async def test_syscall_attacks_are_refused(sandbox: Sandbox, code: str) -> None:
+    assert_blocked(await run(sandbox, PRELUDE + code))
 
 
 @pytest.mark.parametrize("code", FILESYSTEM_ATTACKS.values(), ids=FILESYSTEM_ATTACKS.keys())
-async def test_filesystem_and_proc_attacks_fail(code: str) -> None:
-    assert_blocked(await run(PRELUDE + code))
+async def test_filesystem_and_proc_attacks_fail(sandbox: Sandbox, code: str) -> None:
+    assert_blocked(await run(sandbox, PRELUDE + code))
     assert not Path("/escape-marker").exists() and not Path("/usr/escape-marker").exists()
 
 
-async def test_host_loopback_services_are_unreachable() -> None:
+async def test_host_loopback_services_are_unreachable(sandbox: Sandbox) -> None:
     # Stand-ins for NATS, the gateway and a Docker API on the host's loopback.
     servers = [await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0) for _ in range(3)]
     ports = [s.sockets[0].getsockname()[1] for s in servers]
@@ -139,7 +146,7 @@ async def test_host_loopback_services_are_unreachable() -> None:
         "verdict(bool(reached))"
     )
     try:
-        result = await run(code)
+        result = await run(sandbox, code)
     finally:
         for server in servers:
             server.close()
@@ -148,7 +155,7 @@ async def test_host_loopback_services_are_unreachable() -> None:
     assert "['lo']" in result.stdout
 
 
-async def test_the_workers_environment_and_credentials_do_not_leak() -> None:
+async def test_the_workers_environment_and_credentials_do_not_leak(sandbox: Sandbox) -> None:
     os.environ["CRUCIBLE_NATS_PASSWORD"] = "hunter2-marker"
     try:
         code = PRELUDE + (
@@ -161,12 +168,12 @@ async def test_the_workers_environment_and_credentials_do_not_leak() -> None:
             "        pass\n"
             "verdict('hunter2-marker' in seen or 'CRUCIBLE' in seen)"
         )
-        assert_blocked(await run(code))
+        assert_blocked(await run(sandbox, code))
     finally:
         del os.environ["CRUCIBLE_NATS_PASSWORD"]
 
 
-async def test_concurrent_jobs_cannot_see_each_other() -> None:
+async def test_concurrent_jobs_cannot_see_each_other(sandbox: Sandbox) -> None:
     writer = (
         "import os, time\n"
         "for d in ('/work', '/tmp', '/dev/shm'):\n"
@@ -182,13 +189,15 @@ async def test_concurrent_jobs_cannot_see_each_other() -> None:
         "procs = [open(f'/proc/{p}/cmdline', 'rb').read() for p in pids]\n"
         "verdict(bool(found) or any(b'job-a' in c or b'time.sleep(3)' in c for c in procs))"
     )
-    first, second = await asyncio.gather(run(writer), run(reader))
+    first, second = await asyncio.gather(run(sandbox, writer), run(sandbox, reader))
     assert "written" in first.stdout
     assert_blocked(second)
 
 
-async def test_kill_everything_only_kills_the_job() -> None:
-    result = await run(PRELUDE + "import signal\nos.kill(-1, signal.SIGKILL)\nverdict(False)")
+async def test_kill_everything_only_kills_the_job(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox, PRELUDE + "import signal\nos.kill(-1, signal.SIGKILL)\nverdict(False)"
+    )
     assert result.verdict in (Verdict.ACCEPTED, Verdict.RUNTIME_ERROR)
     assert os.getpid() > 0 and Path(f"/proc/{os.getpid()}").exists()  # we, the host, survive
 
@@ -223,13 +232,13 @@ async def test_kill_everything_only_kills_the_job() -> None:
     ids=["fork-bomb", "memory-bomb", "output-flood", "cpu-spin", "sleep", "sigterm-ignored"],
 )
 async def test_resource_attacks_end_in_their_verdict(
-    code: str, limits: dict[str, float], verdict: Verdict
+    sandbox: Sandbox, code: str, limits: dict[str, float], verdict: Verdict
 ) -> None:
-    result = await run(code, **limits)
+    result = await run(sandbox, code, **limits)
     assert result.verdict is verdict, result
 
 
-async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched() -> None:
+async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched(sandbox: Sandbox) -> None:
     before = os.statvfs("/").f_bavail
     code = PRELUDE + (
         "try:\n"
@@ -242,13 +251,13 @@ async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched() -> No
         "    print(e.errno == errno.ENOSPC or e.errno == errno.EFBIG)\n"
         "    verdict(False)"
     )
-    result = await run(code, disk_mb=16)
+    result = await run(sandbox, code, disk_mb=16)
     assert_blocked(result)
     block = os.statvfs("/").f_frsize
     assert (before - os.statvfs("/").f_bavail) * block < 64 * 2**20  # nothing landed on disk
 
 
-async def test_a_surviving_daemon_is_killed() -> None:
+async def test_a_surviving_daemon_is_killed(sandbox: Sandbox) -> None:
     code = (
         "import os, time\n"
         "if os.fork() == 0:\n"
@@ -260,7 +269,7 @@ async def test_a_surviving_daemon_is_killed() -> None:
         "    os._exit(0)\n"
         "print('daemonised')\n"
     )
-    result = await run(code)
+    result = await run(sandbox, code)
     assert "daemonised" in result.stdout
     leftovers = [
         pid
@@ -273,8 +282,8 @@ async def test_a_surviving_daemon_is_killed() -> None:
     assert leftovers == []
 
 
-async def test_invalid_utf8_output_is_replaced_not_fatal() -> None:
-    result = await run("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe bad\\n')")
+async def test_invalid_utf8_output_is_replaced_not_fatal(sandbox: Sandbox) -> None:
+    result = await run(sandbox, "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe bad\\n')")
     assert result.verdict is Verdict.ACCEPTED
     assert result.stdout == "ok \ufffd\ufffd bad\n"
 
@@ -282,13 +291,13 @@ async def test_invalid_utf8_output_is_replaced_not_fatal() -> None:
 @pytest.mark.parametrize(
     "name", ["../x.py", "/etc/cron.d/x", "a/../../x", "./x", "a//b", "main.py"]
 )
-async def test_symlink_and_traversal_file_names_are_refused(name: str) -> None:
+async def test_symlink_and_traversal_file_names_are_refused(sandbox: Sandbox, name: str) -> None:
     async def ignore(chunk: OutputChunk) -> None:
         pass
 
     spec = ExecSpec(job_id="j-attack", language="python", code="print(1)", files={name: "x"})
     with pytest.raises(ValueError):
-        await create_sandbox("bwrap").run(spec, ignore)
+        await sandbox.run(spec, ignore)
 
 
 def test_after_attacks_the_stack_still_serves_jobs(stack: Stack) -> None:

@@ -1,0 +1,308 @@
+"""The Docker backend: one fresh container per job, taken from a warm pool, removed after.
+
+Containers have no network, no capabilities, no-new-privileges, a read-only root, tmpfs work
+dirs with a size, memory, pids and CPU limits, uid 65534, and optionally another runtime
+(gVisor's `runsc`). The job travels in over the exec's stdin (see `docker_boot.py`): nothing
+is copied through the host's filesystem. DOCKER_HOST may name a remote engine (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import math
+import signal
+import socket
+import struct
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.models.containers import Container
+
+from sandbox.base import register
+from sandbox.docker_boot import BOOT, HEADER_DIGITS, LAUNCH
+from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings
+from sandbox.errors import SandboxUnavailableError
+from sandbox.files import check_file_names
+from sandbox.models import ExecResult, ExecSpec, OutputSink, RuntimeInfo, Stream, Verdict
+from sandbox.output import OutputCollector
+from sandbox.runtimes import RUNTIMES, Runtime, parse_version
+
+_FRAME_HEADER = struct.Struct(">BxxxL")  # docker's multiplexed stream: kind, size
+_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+_READ_BYTES = 65536
+_SIGNAL_BASE = 128
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
+
+
+def _pump(
+    raw: socket.socket,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[tuple[Stream, bytes] | None],
+) -> None:
+    """Blocking: demultiplex the exec's socket into (stream, bytes) items; None at the end."""
+    buffer = b""
+    try:
+        while True:
+            data = raw.recv(_READ_BYTES)
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= _FRAME_HEADER.size:
+                kind, size = _FRAME_HEADER.unpack_from(buffer)
+                if len(buffer) < _FRAME_HEADER.size + size:
+                    break
+                payload = buffer[_FRAME_HEADER.size : _FRAME_HEADER.size + size]
+                buffer = buffer[_FRAME_HEADER.size + size :]
+                if kind in _STREAMS:
+                    loop.call_soon_threadsafe(queue.put_nowait, (_STREAMS[kind], payload))
+    except OSError:
+        pass  # the container was killed under us: the end of the output
+    finally:
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """What the container's cgroup says, when the engine is local (cgroupfs driver)."""
+
+    local: bool
+    cpu_time_s: float = 0.0
+    memory_peak_mb: float = 0.0
+    oom_killed: bool = False
+
+    @classmethod
+    def of(cls, container_id: str) -> _Usage:
+        memory = _CGROUP_ROOT / "memory" / "docker" / container_id
+        cpu = _CGROUP_ROOT / "cpuacct" / "docker" / container_id
+        try:
+            return cls(
+                local=True,
+                cpu_time_s=round(int((cpu / "cpuacct.usage").read_text()) / 1e9, 4),
+                memory_peak_mb=round(
+                    int((memory / "memory.max_usage_in_bytes").read_text()) / 2**20, 2
+                ),
+                oom_killed="oom_kill 0" not in (memory / "memory.oom_control").read_text(),
+            )
+        except (OSError, ValueError):
+            return cls(local=False)  # a remote engine's cgroups are not ours to read
+
+
+def _signal_name(number: int | None) -> str | None:
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@register("docker")
+class DockerSandbox:
+    """Each job in its own container, used once."""
+
+    name = "docker"
+
+    def __init__(self, settings: DockerSettings | None = None) -> None:
+        self._settings = settings or DockerSettings()
+        self._client: docker.DockerClient | None = None
+        self._pool: ContainerPool | None = None
+        self._runtimes: dict[str, Runtime] = {}
+        self._versions: dict[str, str] = {}
+
+    async def check(self) -> None:
+        try:
+            self._client = docker.from_env()
+            await asyncio.to_thread(self._client.ping)
+            await asyncio.to_thread(self._client.images.get, self._settings.image)
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxUnavailableError(
+                f"image {self._settings.image} missing: run `crucible sandbox build-image`"
+            ) from exc
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailableError(f"no Docker engine: {exc}") from exc
+        self._pool = ContainerPool(self._client, self._settings)
+        await asyncio.to_thread(self._pool.remove_orphans)
+        await self._probe_runtimes()
+        self._pool.refill()
+
+    async def _probe_runtimes(self) -> None:
+        """Which interpreters the image has, and their versions, asked of the image itself."""
+        assert self._client is not None
+        probe = "; ".join(
+            f"test -x {rt.interpreter} && echo {rt.language} $({rt.interpreter} --version 2>&1)"
+            for rt in RUNTIMES.values()
+            if not rt.compiled  # compile phases are the bwrap backend's for now
+        )
+        output = await asyncio.to_thread(
+            self._client.containers.run,
+            self._settings.image,
+            ["/bin/sh", "-c", probe],
+            remove=True,
+            network_mode="none",
+        )
+        for line in output.decode().splitlines():
+            language, _, version = line.partition(" ")
+            if language in RUNTIMES:
+                self._runtimes[language] = RUNTIMES[language]
+                self._versions[language] = parse_version(version)
+        if "python" not in self._runtimes:
+            raise SandboxUnavailableError(f"image {self._settings.image} has no python3")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    def runtimes(self) -> list[RuntimeInfo]:
+        return [RuntimeInfo(language=k, version=v) for k, v in self._versions.items()]
+
+    async def run(self, spec: ExecSpec, on_output: OutputSink) -> ExecResult:
+        if self._pool is None:
+            await self.check()
+        assert self._pool is not None
+        runtime = self._runtimes.get(spec.language)
+        if runtime is None:
+            return ExecResult(
+                verdict=Verdict.INTERNAL_ERROR,
+                reason=f"{spec.language} is not available in image {self._settings.image}",
+            )
+        container = await self._pool.take(spec.limits)
+        try:
+            return await self._execute(container, spec, runtime, on_output)
+        finally:
+            with suppress(docker.errors.DockerException):
+                await asyncio.to_thread(container.remove, force=True)
+
+    async def _execute(
+        self, container: Container, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
+    ) -> ExecResult:
+        check_file_names(list(spec.files), runtime.entry_file)
+        api = container.client.api
+        cpu_s = math.ceil(spec.limits.cpu_time_s)
+        exec_id = await asyncio.to_thread(
+            api.exec_create,
+            container.id,
+            ["/bin/sh", "-c", LAUNCH.format(cpu_s=cpu_s, hard_cpu_s=cpu_s + 1), BOOT],
+            stdin=True,
+            user="65534:65534",
+            workdir=WORK_DIR,
+            environment={},
+        )
+        sock = await asyncio.to_thread(api.exec_start, exec_id["Id"], socket=True)
+        # The SDK wraps the connection's socket; reading and writing need the socket itself.
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        bundle = marshal.dumps(
+            {
+                "files": {runtime.entry_file: spec.code, **spec.files},
+                "argv": runtime.argv(spec.args),
+                "env": _SANDBOX_ENV,
+            }
+        )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
+        pump = threading.Thread(target=_pump, args=(raw, loop, queue), daemon=True)
+        pump.start()
+        started = time.monotonic()
+        stdin = f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle + spec.stdin.encode()
+        await asyncio.to_thread(self._send, raw, stdin)
+        output = OutputCollector(on_output, spec.limits.output_bytes)
+        # A reader per stream, so OutputCollector reads Docker's output as it reads pipes.
+        feeds: dict[Stream, asyncio.StreamReader] = {
+            "stdout": asyncio.StreamReader(),
+            "stderr": asyncio.StreamReader(),
+        }
+        readers = [asyncio.create_task(output.read(name, feed)) for name, feed in feeds.items()]
+
+        async def route() -> None:
+            while (item := await queue.get()) is not None:
+                feeds[item[0]].feed_data(item[1])
+            for feed in feeds.values():
+                feed.feed_eof()
+
+        routing = asyncio.create_task(route())
+        overflow = asyncio.create_task(output.overflowed.wait())
+        ended: asyncio.Future[Any] = asyncio.gather(routing, *readers)
+        try:
+            done, _ = await asyncio.wait(
+                {ended, overflow},
+                timeout=spec.limits.wall_time_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            # Read the container's cgroup while it still exists: killing removes it.
+            usage = _Usage.of(container.id)
+            # Kill the whole container: daemons, stopped and SIGTERM-ignoring processes too.
+            with suppress(docker.errors.DockerException):
+                await asyncio.to_thread(container.kill)
+            with suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(ended), 5)
+            for task in (ended, overflow, routing, *readers):
+                task.cancel()
+            with suppress(OSError):
+                raw.close()
+                sock.close()
+        wall_time_s = time.monotonic() - started
+        inspected = await asyncio.to_thread(api.exec_inspect, exec_id["Id"])
+        cpu_exceeded = usage.local and usage.cpu_time_s >= spec.limits.cpu_time_s
+        return self._result(
+            usage, inspected.get("ExitCode"), output, not done, cpu_exceeded, wall_time_s
+        )
+
+    @staticmethod
+    def _send(raw: socket.socket, data: bytes) -> None:
+        with suppress(OSError):  # a program that exits without reading its stdin
+            raw.sendall(data)
+            raw.shutdown(socket.SHUT_WR)  # the job's stdin ends here
+
+    def _result(
+        self,
+        usage: _Usage,
+        code: int | None,
+        output: OutputCollector,
+        wall_exceeded: bool,
+        cpu_exceeded: bool,
+        wall_time_s: float,
+    ) -> ExecResult:
+        measured = ExecResult(
+            verdict=Verdict.ACCEPTED,
+            stdout=output.text("stdout"),
+            stderr=output.text("stderr"),
+            wall_time_s=round(wall_time_s, 4),
+            cpu_time_s=usage.cpu_time_s,
+            memory_peak_mb=usage.memory_peak_mb,
+        )
+        signal_number = code - _SIGNAL_BASE if code is not None and code > _SIGNAL_BASE else None
+        name = _signal_name(signal_number)
+
+        def result(verdict: Verdict, reason: str | None = None) -> ExecResult:
+            return measured.model_copy(
+                update={
+                    "verdict": verdict,
+                    "reason": reason,
+                    "signal": name,
+                    "exit_code": None if name else code,
+                }
+            )
+
+        if output.overflowed.is_set():
+            return result(Verdict.OUTPUT_LIMIT_EXCEEDED, "output limit exceeded")
+        if cpu_exceeded or signal_number == signal.SIGXCPU:
+            return result(Verdict.TIME_LIMIT_EXCEEDED, "CPU time limit exceeded")
+        if wall_exceeded:
+            return result(Verdict.TIME_LIMIT_EXCEEDED, "wall time limit exceeded")
+        # A remote engine's cgroups are out of sight: a SIGKILL we did not send is the OOM killer.
+        if usage.oom_killed or (not usage.local and signal_number == signal.SIGKILL):
+            return result(Verdict.MEMORY_LIMIT_EXCEEDED, "memory limit exceeded")
+        if code == 0:
+            return result(Verdict.ACCEPTED)
+        if code is None or code == 125:
+            return result(Verdict.INTERNAL_ERROR, "the job could not be started in its container")
+        if name:
+            return result(Verdict.RUNTIME_ERROR, f"killed by {name}")
+        return result(Verdict.RUNTIME_ERROR, f"exited with status {code}")

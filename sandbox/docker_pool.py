@@ -1,0 +1,132 @@
+"""Warm containers for the Docker backend: created ahead of time, each used for one job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from contextlib import suppress
+
+import docker
+from docker.models.containers import Container
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sandbox.models import ExecLimits
+from sandbox.seccomp import docker_profile
+
+log = logging.getLogger(__name__)
+
+LABEL_ROLE = "crucible.role"
+LABEL_OWNER = "crucible.worker"
+SANDBOX_USER = "65534:65534"
+WORK_DIR = "/work"
+_NANO_CPUS_PER_CORE = 1_000_000_000
+
+
+class DockerSettings(BaseSettings):
+    """`CRUCIBLE_DOCKER_*`; the engine itself comes from DOCKER_HOST / DOCKER_TLS_VERIFY."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_DOCKER_", populate_by_name=True)
+
+    image: str = "crucible-runtime:latest"
+    runtime: str | None = None  # e.g. "runsc" for gVisor
+    pool_size: int = Field(2, ge=0, le=64)
+    # Labels this worker's containers, to find its orphans after a crash; a stable worker id
+    # (as `crucible up` gives) makes a restarted worker clean up after its predecessor.
+    owner: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        validation_alias=AliasChoices("CRUCIBLE_DOCKER_OWNER", "CRUCIBLE_WORKER_WORKER_ID"),
+    )
+
+
+def _create_kwargs(settings: DockerSettings, limits: ExecLimits) -> dict[str, object]:
+    memory = f"{limits.memory_mb}m"
+    tmpfs = f"size={limits.disk_mb}m,mode=1777,nosuid,nodev"
+    kwargs: dict[str, object] = {
+        "image": settings.image,
+        "command": ["sleep", "infinity"],
+        "init": True,  # a reaper as pid 1, so zombies of the job do not pile up
+        "detach": True,
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        # Our filter, the bwrap backend's, in place of Docker's default (which allows ptrace).
+        "security_opt": ["no-new-privileges", f"seccomp={docker_profile()}"],
+        "read_only": True,
+        "tmpfs": {WORK_DIR: tmpfs, "/tmp": tmpfs},
+        "user": SANDBOX_USER,
+        "mem_limit": memory,
+        "memswap_limit": memory,  # no swap: it would be a way around the memory limit
+        "pids_limit": limits.processes,
+        "nano_cpus": _NANO_CPUS_PER_CORE,  # one core a job
+        "hostname": "sandbox",
+        "environment": {},
+        "labels": {LABEL_ROLE: "sandbox", LABEL_OWNER: settings.owner},
+    }
+    if settings.runtime:
+        kwargs["runtime"] = settings.runtime
+    return kwargs
+
+
+class ContainerPool:
+    """Containers with the default limits wait in a queue; other limits get a fresh one."""
+
+    def __init__(self, client: docker.DockerClient, settings: DockerSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._default = ExecLimits()
+        self._ready: asyncio.Queue[Container] = asyncio.Queue()
+        self._filling: set[asyncio.Task[None]] = set()
+
+    def remove_orphans(self) -> int:
+        """Remove sandboxes a previous run of this worker left behind (it crashed)."""
+        orphans = self._client.containers.list(
+            all=True,
+            filters={"label": [f"{LABEL_ROLE}=sandbox", f"{LABEL_OWNER}={self._settings.owner}"]},
+        )
+        for container in orphans:
+            with suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        return len(orphans)
+
+    def _create(self, limits: ExecLimits) -> Container:
+        return self._client.containers.run(**_create_kwargs(self._settings, limits))
+
+    async def _fill_one(self) -> None:
+        try:
+            self._ready.put_nowait(await asyncio.to_thread(self._create, self._default))
+        except docker.errors.DockerException:
+            log.exception("could not pre-create a sandbox container")
+
+    def refill(self) -> None:
+        """Top the pool up in the background, off the critical path of any job."""
+        missing = self._settings.pool_size - self._ready.qsize() - len(self._filling)
+        for _ in range(max(missing, 0)):
+            task = asyncio.create_task(self._fill_one())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def take(self, limits: ExecLimits) -> Container:
+        """A running, never-used container for a job with `limits`."""
+        fits_pool = (limits.processes, limits.disk_mb) == (
+            self._default.processes,
+            self._default.disk_mb,
+        )
+        if fits_pool and not self._ready.empty():
+            container = self._ready.get_nowait()
+            self.refill()
+            if limits.memory_mb != self._default.memory_mb:
+                memory = f"{limits.memory_mb}m"
+                await asyncio.to_thread(container.update, mem_limit=memory, memswap_limit=memory)
+            return container
+        self.refill()
+        return await asyncio.to_thread(self._create, limits)
+
+    async def close(self) -> None:
+        for task in list(self._filling):
+            task.cancel()
+        while not self._ready.empty():
+            container = self._ready.get_nowait()
+            with suppress(docker.errors.DockerException):
+                await asyncio.to_thread(container.remove, force=True)
