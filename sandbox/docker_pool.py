@@ -124,8 +124,8 @@ class ContainerPool:
         return await asyncio.to_thread(self._create, limits)
 
     async def close(self) -> None:
-        for task in list(self._filling):
-            task.cancel()
+        # Let containers being created land in the queue, so that none is left behind.
+        await asyncio.gather(*self._filling, return_exceptions=True)
         while not self._ready.empty():
             container = self._ready.get_nowait()
             with suppress(docker.errors.DockerException):
