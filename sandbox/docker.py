@@ -94,6 +94,20 @@ class _Usage:
             return cls(local=False)  # a remote engine's cgroups are not ours to read
 
 
+# API 1.41 is Docker 20.10's; engines from 20.10 on speak it. Pinned, so that creating the
+# client makes no request before `trust_env` is off (below).
+_API_VERSION = "1.41"
+
+
+def _engine() -> docker.DockerClient:
+    """A client for DOCKER_HOST (and DOCKER_TLS_VERIFY / DOCKER_CERT_PATH for mutual TLS)."""
+    client = docker.DockerClient(**docker.utils.kwargs_from_env(), version=_API_VERSION)
+    # requests lets REQUESTS_CA_BUNDLE override the engine's own CA on every request, which
+    # breaks mutual TLS to a remote engine whenever that variable is set (as on many hosts).
+    client.api.trust_env = False
+    return client
+
+
 def _signal_name(number: int | None) -> str | None:
     if number is None:
         return None
@@ -118,7 +132,7 @@ class DockerSandbox:
 
     async def check(self) -> None:
         try:
-            self._client = docker.from_env()
+            self._client = _engine()
             await asyncio.to_thread(self._client.ping)
             await asyncio.to_thread(self._client.images.get, self._settings.image)
         except docker.errors.ImageNotFound as exc:
@@ -158,6 +172,8 @@ class DockerSandbox:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+        if self._client is not None:
+            self._client.close()  # its connection pool: sockets, TLS ones included
 
     def runtimes(self) -> list[RuntimeInfo]:
         return [RuntimeInfo(language=k, version=v) for k, v in self._versions.items()]
@@ -202,15 +218,16 @@ class DockerSandbox:
                 "files": {runtime.entry_file: spec.code, **spec.files},
                 "argv": runtime.argv(spec.args),
                 "env": _SANDBOX_ENV,
+                "stdin": spec.stdin,
             }
         )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
+        started = time.monotonic()
+        # All of it before any reading: a TLS socket must not be used by two threads at once.
+        await asyncio.to_thread(raw.sendall, f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle)
         pump = threading.Thread(target=_pump, args=(raw, loop, queue), daemon=True)
         pump.start()
-        started = time.monotonic()
-        stdin = f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle + spec.stdin.encode()
-        await asyncio.to_thread(self._send, raw, stdin)
         output = OutputCollector(on_output, spec.limits.output_bytes)
         # A reader per stream, so OutputCollector reads Docker's output as it reads pipes.
         feeds: dict[Stream, asyncio.StreamReader] = {
@@ -242,8 +259,10 @@ class DockerSandbox:
                 await asyncio.to_thread(container.kill)
             with suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(ended), 5)
-            for task in (ended, overflow, routing, *readers):
+            pending = (ended, overflow, routing, *readers)
+            for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             with suppress(OSError):
                 raw.close()
                 sock.close()
@@ -253,12 +272,6 @@ class DockerSandbox:
         return self._result(
             usage, inspected.get("ExitCode"), output, not done, cpu_exceeded, wall_time_s
         )
-
-    @staticmethod
-    def _send(raw: socket.socket, data: bytes) -> None:
-        with suppress(OSError):  # a program that exits without reading its stdin
-            raw.sendall(data)
-            raw.shutdown(socket.SHUT_WR)  # the job's stdin ends here
 
     def _result(
         self,

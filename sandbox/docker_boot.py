@@ -3,8 +3,9 @@
 The bundle is in `marshal` format: python3-minimal images have no `json` module. It runs
 inside the container as uid 65534. Files are created with O_NOFOLLOW|O_EXCL in the
 empty tmpfs work dir, so no name can be a symlink or overwrite another (Judge0's CVEs came
-from following one). It reads exactly the bundle's bytes, so what follows on stdin is the
-job's own stdin, and then `exec`s the program in its place.
+from following one). The job's stdin travels in the bundle and reaches the program as a
+memfd: the exec's own stream is never half-closed, which TLS to a remote engine cannot do.
+Then it `exec`s the program in its place.
 """
 
 BOOT = r"""
@@ -26,6 +27,13 @@ for name, content in bundle["files"].items():
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     os.write(fd, content.encode())
     os.close(fd)
+stdin = os.memfd_create("stdin")
+data = bundle["stdin"].encode()
+while data:
+    data = data[os.write(stdin, data):]
+os.lseek(stdin, 0, os.SEEK_SET)
+os.dup2(stdin, 0)
+os.close(stdin)
 os.execve(bundle["argv"][0], bundle["argv"], bundle["env"])
 """
 
