@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox-deps image
+.PHONY: run test lint sandbox-deps image bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: $(STAMP)
 
 test: $(STAMP) sandbox-deps lint
 	$(VENV)/bin/pytest
+
+# Benchmarks print ratios against baselines measured in the same run (docs/BENCHMARKS.md).
+bench: $(STAMP) sandbox-deps image
+	$(VENV)/bin/python -m bench.sandbox_overhead

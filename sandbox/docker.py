@@ -37,6 +37,8 @@ _FRAME_HEADER = struct.Struct(">BxxxL")  # docker's multiplexed stream: kind, si
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 _READ_BYTES = 65536
 _SIGNAL_BASE = 128
+_EXIT_POLL_S = 0.02
+_DRAIN_AFTER_EXIT_S = 0.5  # output still in flight when the process has exited
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 
@@ -97,6 +99,17 @@ class _Usage:
 # API 1.41 is Docker 20.10's; engines from 20.10 on speak it. Pinned, so that creating the
 # client makes no request before `trust_env` is off (below).
 _API_VERSION = "1.41"
+
+
+async def _exit_code(api: docker.APIClient, exec_id: str) -> int:
+    """The exec's exit status, once its process has ended."""
+    while True:
+        info = await asyncio.to_thread(api.exec_inspect, exec_id)
+        # Not running with no exit code yet means not started yet: the engine starts it async.
+        if not info["Running"] and info["ExitCode"] is not None:
+            code: int = info["ExitCode"]
+            return code
+        await asyncio.sleep(_EXIT_POLL_S)
 
 
 def _engine() -> docker.DockerClient:
@@ -169,6 +182,15 @@ class DockerSandbox:
         if "python" not in self._runtimes:
             raise SandboxUnavailableError(f"image {self._settings.image} has no python3")
 
+    async def settle(self) -> None:
+        """Until the warm pool is refilled: a job's latency without the engine's backlog."""
+        if self._pool is not None:
+            await self._pool.settle()
+
+    def _engine_is_local(self) -> bool:
+        """True when the engine is on this host (a unix socket), so its cgroups are ours to read."""
+        return self._client is not None and self._client.api.base_url.startswith("http+docker://")
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -192,8 +214,7 @@ class DockerSandbox:
         try:
             return await self._execute(container, spec, runtime, on_output)
         finally:
-            with suppress(docker.errors.DockerException):
-                await asyncio.to_thread(container.remove, force=True)
+            self._pool.discard(container)  # used once; removed off the job's critical path
 
     async def _execute(
         self, container: Container, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
@@ -245,21 +266,28 @@ class DockerSandbox:
         routing = asyncio.create_task(route())
         overflow = asyncio.create_task(output.overflowed.wait())
         ended: asyncio.Future[Any] = asyncio.gather(routing, *readers)
+        exited = asyncio.create_task(_exit_code(api, exec_id["Id"]))
         try:
+            # The wall clock is enforced from out here, on the job's process, not its output:
+            # a daemon that keeps stdout open does not stretch the job.
             done, _ = await asyncio.wait(
-                {ended, overflow},
+                {exited, overflow},
                 timeout=spec.limits.wall_time_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if exited in done:
+                await asyncio.wait({ended}, timeout=_DRAIN_AFTER_EXIT_S)
         finally:
             # Read the container's cgroup while it still exists: killing removes it.
             usage = _Usage.of(container.id)
-            # Kill the whole container: daemons, stopped and SIGTERM-ignoring processes too.
-            with suppress(docker.errors.DockerException):
-                await asyncio.to_thread(container.kill)
-            with suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(ended), 5)
-            pending = (ended, overflow, routing, *readers)
+            if not ended.done():
+                # Kill the whole container: daemons, stopped and SIGTERM-ignoring processes.
+                with suppress(docker.errors.DockerException):
+                    await asyncio.to_thread(container.kill)
+                with suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(ended), _DRAIN_AFTER_EXIT_S)
+            pending = (ended, overflow, routing, exited, *readers)
+            code = exited.result() if exited.done() and not exited.cancelled() else None
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -267,11 +295,8 @@ class DockerSandbox:
                 raw.close()
                 sock.close()
         wall_time_s = time.monotonic() - started
-        inspected = await asyncio.to_thread(api.exec_inspect, exec_id["Id"])
         cpu_exceeded = usage.local and usage.cpu_time_s >= spec.limits.cpu_time_s
-        return self._result(
-            usage, inspected.get("ExitCode"), output, not done, cpu_exceeded, wall_time_s
-        )
+        return self._result(usage, code, output, not done, cpu_exceeded, wall_time_s)
 
     def _result(
         self,
@@ -310,7 +335,8 @@ class DockerSandbox:
         if wall_exceeded:
             return result(Verdict.TIME_LIMIT_EXCEEDED, "wall time limit exceeded")
         # A remote engine's cgroups are out of sight: a SIGKILL we did not send is the OOM killer.
-        if usage.oom_killed or (not usage.local and signal_number == signal.SIGKILL):
+        remote = not self._engine_is_local()
+        if usage.oom_killed or (remote and signal_number == signal.SIGKILL):
             return result(Verdict.MEMORY_LIMIT_EXCEEDED, "memory limit exceeded")
         if code == 0:
             return result(Verdict.ACCEPTED)

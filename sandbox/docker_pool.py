@@ -78,6 +78,7 @@ class ContainerPool:
         self._default = ExecLimits()
         self._ready: asyncio.Queue[Container] = asyncio.Queue()
         self._filling: set[asyncio.Task[None]] = set()
+        self._removing: set[asyncio.Task[None]] = set()
 
     def remove_orphans(self) -> int:
         """Remove sandboxes a previous run of this worker left behind (it crashed)."""
@@ -123,7 +124,23 @@ class ContainerPool:
         self.refill()
         return await asyncio.to_thread(self._create, limits)
 
+    async def settle(self) -> None:
+        """Wait until the pool is full again and used containers are gone."""
+        await asyncio.gather(*self._filling, *self._removing, return_exceptions=True)
+
+    def discard(self, container: Container) -> None:
+        """Remove a used container in the background (force: whatever still runs in it dies)."""
+
+        async def remove() -> None:
+            with suppress(docker.errors.DockerException):
+                await asyncio.to_thread(container.remove, force=True)
+
+        task = asyncio.create_task(remove())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
+
     async def close(self) -> None:
+        await asyncio.gather(*self._removing, return_exceptions=True)
         # Let containers being created land in the queue, so that none is left behind.
         await asyncio.gather(*self._filling, return_exceptions=True)
         while not self._ready.empty():
