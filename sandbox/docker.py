@@ -29,9 +29,17 @@ from sandbox.docker_boot import BOOT, HEADER_DIGITS, LAUNCH
 from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings
 from sandbox.errors import SandboxUnavailableError
 from sandbox.files import check_file_names
-from sandbox.models import ExecResult, ExecSpec, OutputSink, RuntimeInfo, Stream, Verdict
+from sandbox.models import (
+    ExecLimits,
+    ExecResult,
+    ExecSpec,
+    OutputSink,
+    RuntimeInfo,
+    Stream,
+    Verdict,
+)
 from sandbox.output import OutputCollector
-from sandbox.runtimes import RUNTIMES, Runtime, parse_version
+from sandbox.runtimes import BINARY, COMPILE_LIMITS, RUNTIMES, Runtime, parse_version
 
 _FRAME_HEADER = struct.Struct(">BxxxL")  # docker's multiplexed stream: kind, size
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
@@ -101,6 +109,16 @@ class _Usage:
 _API_VERSION = "1.41"
 
 
+@dataclass(frozen=True)
+class _Ran:
+    """How one exec ended."""
+
+    code: int | None  # None when we killed it
+    timed_out: bool
+    usage: _Usage
+    wall_time_s: float
+
+
 async def _exit_code(api: docker.APIClient, exec_id: str) -> int:
     """The exec's exit status, once its process has ended."""
     while True:
@@ -165,7 +183,6 @@ class DockerSandbox:
         probe = "; ".join(
             f"test -x {rt.interpreter} && echo {rt.language} $({rt.interpreter} --version 2>&1)"
             for rt in RUNTIMES.values()
-            if not rt.compiled  # compile phases are the bwrap backend's for now
         )
         output = await asyncio.to_thread(
             self._client.containers.run,
@@ -220,8 +237,49 @@ class DockerSandbox:
         self, container: Container, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
     ) -> ExecResult:
         check_file_names(list(spec.files), runtime.entry_file)
+        output = OutputCollector(on_output, spec.limits.output_bytes)
+        files = {runtime.entry_file: spec.code, **spec.files}
+        cpu_before_s = 0.0
+        if not runtime.compiled:
+            argv = runtime.argv(spec.args)
+        else:
+            # A compile step of its own, under its own limits, before any of the job's code
+            # runs: its exit status cannot be faked by the program.
+            await self._set_memory(container, max(COMPILE_LIMITS.memory_mb, spec.limits.memory_mb))
+            built = await self._exec(
+                container, files, runtime.compile_argv(), "", COMPILE_LIMITS, output
+            )
+            if built.code != 0 or output.overflowed.is_set():
+                reason = "compilation exceeded its time limit" if built.timed_out else None
+                return self._result(built, output, COMPILE_LIMITS).model_copy(
+                    update={
+                        "verdict": Verdict.COMPILATION_ERROR,
+                        "reason": reason or "compilation failed",
+                    }
+                )
+            await self._set_memory(container, spec.limits.memory_mb)
+            files, argv = {}, [BINARY, *spec.args]
+            cpu_before_s = built.usage.cpu_time_s
+        ran = await self._exec(container, files, argv, spec.stdin, spec.limits, output)
+        return self._result(ran, output, spec.limits, cpu_before_s)
+
+    @staticmethod
+    async def _set_memory(container: Container, memory_mb: int) -> None:
+        memory = f"{memory_mb}m"
+        await asyncio.to_thread(container.update, mem_limit=memory, memswap_limit=memory)
+
+    async def _exec(
+        self,
+        container: Container,
+        files: dict[str, str],
+        argv: list[str],
+        stdin: str,
+        limits: ExecLimits,
+        output: OutputCollector,
+    ) -> _Ran:
+        """One exec in the container, run to its end or to `limits`, output into `output`."""
         api = container.client.api
-        cpu_s = math.ceil(spec.limits.cpu_time_s)
+        cpu_s = math.ceil(limits.cpu_time_s)
         exec_id = await asyncio.to_thread(
             api.exec_create,
             container.id,
@@ -234,14 +292,7 @@ class DockerSandbox:
         sock = await asyncio.to_thread(api.exec_start, exec_id["Id"], socket=True)
         # The SDK wraps the connection's socket; reading and writing need the socket itself.
         raw: socket.socket = getattr(sock, "_sock", sock)
-        bundle = marshal.dumps(
-            {
-                "files": {runtime.entry_file: spec.code, **spec.files},
-                "argv": runtime.argv(spec.args),
-                "env": _SANDBOX_ENV,
-                "stdin": spec.stdin,
-            }
-        )
+        bundle = marshal.dumps({"files": files, "argv": argv, "env": _SANDBOX_ENV, "stdin": stdin})
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
         started = time.monotonic()
@@ -249,7 +300,6 @@ class DockerSandbox:
         await asyncio.to_thread(raw.sendall, f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle)
         pump = threading.Thread(target=_pump, args=(raw, loop, queue), daemon=True)
         pump.start()
-        output = OutputCollector(on_output, spec.limits.output_bytes)
         # A reader per stream, so OutputCollector reads Docker's output as it reads pipes.
         feeds: dict[Stream, asyncio.StreamReader] = {
             "stdout": asyncio.StreamReader(),
@@ -272,7 +322,7 @@ class DockerSandbox:
             # a daemon that keeps stdout open does not stretch the job.
             done, _ = await asyncio.wait(
                 {exited, overflow},
-                timeout=spec.limits.wall_time_s,
+                timeout=limits.wall_time_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if exited in done:
@@ -294,25 +344,21 @@ class DockerSandbox:
             with suppress(OSError):
                 raw.close()
                 sock.close()
-        wall_time_s = time.monotonic() - started
-        cpu_exceeded = usage.local and usage.cpu_time_s >= spec.limits.cpu_time_s
-        return self._result(usage, code, output, not done, cpu_exceeded, wall_time_s)
+        return _Ran(code, not done, usage, time.monotonic() - started)
 
     def _result(
-        self,
-        usage: _Usage,
-        code: int | None,
-        output: OutputCollector,
-        wall_exceeded: bool,
-        cpu_exceeded: bool,
-        wall_time_s: float,
+        self, ran: _Ran, output: OutputCollector, limits: ExecLimits, cpu_before_s: float = 0.0
     ) -> ExecResult:
+        usage, code = ran.usage, ran.code
+        cpu_time_s = round(usage.cpu_time_s - cpu_before_s, 4)
+        cpu_exceeded = usage.local and cpu_time_s >= limits.cpu_time_s
+        wall_exceeded = ran.timed_out
         measured = ExecResult(
             verdict=Verdict.ACCEPTED,
             stdout=output.text("stdout"),
             stderr=output.text("stderr"),
-            wall_time_s=round(wall_time_s, 4),
-            cpu_time_s=usage.cpu_time_s,
+            wall_time_s=round(ran.wall_time_s, 4),
+            cpu_time_s=cpu_time_s,
             memory_peak_mb=usage.memory_peak_mb,
         )
         signal_number = code - _SIGNAL_BASE if code is not None and code > _SIGNAL_BASE else None

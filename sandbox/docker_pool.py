@@ -44,6 +44,7 @@ class DockerSettings(BaseSettings):
 def _create_kwargs(settings: DockerSettings, limits: ExecLimits) -> dict[str, object]:
     memory = f"{limits.memory_mb}m"
     tmpfs = f"size={limits.disk_mb}m,mode=1777,nosuid,nodev"
+    # Compiled programs are written to /tmp and run from there: it may not be noexec.
     kwargs: dict[str, object] = {
         "image": settings.image,
         "command": ["sleep", "infinity"],
@@ -54,7 +55,7 @@ def _create_kwargs(settings: DockerSettings, limits: ExecLimits) -> dict[str, ob
         # Our filter, the bwrap backend's, in place of Docker's default (which allows ptrace).
         "security_opt": ["no-new-privileges", f"seccomp={docker_profile()}"],
         "read_only": True,
-        "tmpfs": {WORK_DIR: tmpfs, "/tmp": tmpfs},
+        "tmpfs": {WORK_DIR: tmpfs, "/tmp": f"{tmpfs},exec"},
         "user": SANDBOX_USER,
         "mem_limit": memory,
         "memswap_limit": memory,  # no swap: it would be a way around the memory limit

@@ -39,12 +39,14 @@ class Runtime:
             return [self.interpreter, *self.flags, self.entry_file, *args]
         if phase_fd is None:
             raise ValueError(f"{self.language} needs a phase fd to report its compile step")
-        compile_step = " ".join(
-            [self.interpreter, *self.flags, "-o", BINARY, self.entry_file, *self.link_flags]
-        )
+        compile_step = " ".join(self.compile_argv())
         script = f"{compile_step} || exit $?; " + _COMPILED_MARK.format(fd=phase_fd, binary=BINARY)
         # bash, not dash: dash's redirections take single-digit descriptors only.
         return ["/usr/bin/bash", "--noprofile", "--norc", "-c", script, "main", *args]
+
+    def compile_argv(self) -> list[str]:
+        """The compiler's command line: the job's code in, BINARY out."""
+        return [self.interpreter, *self.flags, "-o", BINARY, self.entry_file, *self.link_flags]
 
     @cache  # noqa: B019 - runtimes are module-level singletons; the cache lives as long
     def version(self) -> str:

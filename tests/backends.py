@@ -40,7 +40,9 @@ def require_docker() -> None:
 async def open_sandbox(backend: str) -> AsyncIterator[Sandbox]:
     if backend == "docker":
         require_docker()
-        sandbox: Sandbox = DockerSandbox(DockerSettings(pool_size=1, owner="tests"))
+        # Per test process: a concurrent run's orphan cleanup must not take our containers.
+        owner = f"tests-{os.getpid()}"
+        sandbox: Sandbox = DockerSandbox(DockerSettings(pool_size=1, owner=owner))
     else:
         sandbox = create_sandbox(backend)
     await sandbox.check()
