@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -190,28 +191,32 @@ async def test_nothing_of_the_worker_is_visible() -> None:
 
 
 async def test_a_double_forked_daemon_does_not_survive() -> None:
+    marker = f"crucible-daemon-{uuid.uuid4().hex}"  # in its argv, for the host to look for
     code = (
         "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        "        print('daemon', flush=True)\n"
-        "        while True:\n"
-        "            time.sleep(0.1)\n"
+        "        os.execv('/usr/bin/python3', ['python3', '-c', 'import time; time.sleep(60)', "
+        f"{marker!r}])\n"
         "    os._exit(0)\n"
         "time.sleep(0.3)\n"
+        "print('daemon started')\n"
     )
     result = await run(code)
-    assert "daemon" in result.stdout
+    assert "daemon started" in result.stdout
     assert job_cgroups() == []  # removed, which the kernel allows only once it is empty
     leftovers = [
-        pid
-        for pid in os.listdir("/proc")
-        if pid.isdigit()
-        and Path(f"/proc/{pid}/cmdline").exists()
-        and b"main.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in _cmdline(pid)
     ]
     assert leftovers == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 async def test_fork_bomb_is_contained() -> None:
