@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox-deps image bench
+.PHONY: run test lint sandbox-deps image images bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,13 @@ run: $(STAMP) sandbox-deps
 image: $(STAMP)
 	$(VENV)/bin/crucible sandbox build-image --if-missing
 
+# The containerised stack's images (compose.yml): a Debian base from packages, then ours.
+images: $(STAMP) image
+	$(VENV)/bin/crucible sandbox build-image --if-missing --tag crucible-base:latest \
+	  --packages python3,python3-venv,ca-certificates
+	docker build -q -f deploy/Dockerfile -t crucible:latest .
+	docker build -q -f deploy/nginx.Dockerfile -t crucible-nginx:latest .
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -36,3 +43,4 @@ test: $(STAMP) sandbox-deps lint
 # Benchmarks print ratios against baselines measured in the same run (docs/BENCHMARKS.md).
 bench: $(STAMP) sandbox-deps image
 	$(VENV)/bin/python -m bench.sandbox_overhead
+	$(VENV)/bin/python -m bench.humaneval_canonical --workers 2 --n-workers 4

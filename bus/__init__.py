@@ -12,6 +12,9 @@ from bus.ids import is_valid_id, new_job_id, new_run_id
 from bus.messaging import decode_event, message_context, publish_model
 from bus.models import (
     JOB_EVENT,
+    Case,
+    CaseResult,
+    Compare,
     FinishedEvent,
     JobEvent,
     JobMessage,
@@ -29,6 +32,8 @@ from bus.models import (
     utc_now,
 )
 from bus.permissions import SERVICE_PERMISSIONS, Permissions
+from bus.pipeline import Outgoing, kv_purge, publish_all
+from bus.runs import RunChunk, RunMember, RunRecord
 from bus.streams import StreamSettings, ensure_streams
 
 __all__ = [
@@ -37,6 +42,9 @@ __all__ = [
     "SERVICE_PERMISSIONS",
     "BusError",
     "BusUnavailableError",
+    "Case",
+    "CaseResult",
+    "Compare",
     "FinishedEvent",
     "JobEvent",
     "JobMessage",
@@ -45,8 +53,12 @@ __all__ = [
     "JobSpec",
     "Limits",
     "NatsSettings",
+    "Outgoing",
     "OutputEvent",
     "Permissions",
+    "RunChunk",
+    "RunMember",
+    "RunRecord",
     "RuntimeVersion",
     "ServiceCredentials",
     "StartedEvent",
@@ -58,9 +70,11 @@ __all__ = [
     "decode_event",
     "ensure_streams",
     "is_valid_id",
+    "kv_purge",
     "message_context",
     "new_job_id",
     "new_run_id",
+    "publish_all",
     "publish_model",
     "utc_now",
 ]

@@ -17,10 +17,14 @@ _PUBLISH_TIMEOUT_S = 5.0
 
 
 async def publish_model(
-    js: JetStreamContext, subject: str, model: BaseModel, msg_id: str | None = None
+    js: JetStreamContext,
+    subject: str,
+    model: BaseModel,
+    msg_id: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> api.PubAck:
     """Store `model` as JSON on `subject`; `msg_id` lets JetStream drop a re-publish."""
-    headers = inject_headers()
+    headers = inject_headers(dict(extra_headers or {}))
     if msg_id is not None:
         headers["Nats-Msg-Id"] = msg_id
     try:

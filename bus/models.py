@@ -52,8 +52,22 @@ class Limits(BaseModel):
     disk_mb: int = Field(64, ge=1)
 
 
+# How stdout is compared with the expected output: `exact` byte for byte; `whitespace` as
+# sequences of whitespace-separated tokens (the usual competitive-programming checker).
+Compare = Literal["exact", "whitespace"]
+
+
+class Case(BaseModel):
+    """One test case of a competitive-programming job: an input and the output it must give."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stdin: str = ""
+    expected_stdout: str
+
+
 class JobSpec(BaseModel):
-    """What a client asks to run (the body of `POST /v1/jobs`)."""
+    """What a client asks to run (the body of `POST /v1/jobs`, an item of `POST /v1/runs`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,6 +77,12 @@ class JobSpec(BaseModel):
     stdin: str = ""
     args: list[str] = Field(default_factory=list)
     expected_stdout: str | None = None
+    compare: Compare = "exact"
+    # Several cases: each runs in its own fresh sandbox with the job's limits; the job's
+    # verdict is the first case's that is not `accepted`.
+    tests: list[Case] | None = Field(None, min_length=1)
+    # Stop at the first failing case (as judges do), or run them all for a per-case score.
+    stop_on_failure: bool = True
     limits: Limits = Field(default_factory=Limits)
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
@@ -89,8 +109,28 @@ class JobRecord(BaseModel):
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+class CaseResult(BaseModel):
+    """The outcome of one test case; its output is cut to a preview to keep events small."""
+
+    index: int = Field(ge=0)
+    verdict: Verdict
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0
+    memory_peak_mb: float = 0.0
+
+
 class JobResult(BaseModel):
-    """The outcome of one attempt, as the worker saw it."""
+    """The outcome of one attempt, as the worker saw it.
+
+    With `tests`, the top-level fields describe the case that decided the verdict (the first
+    that failed, else the last), times and memory are totals and peaks over the cases, and
+    `tests` lists every case that ran, in order.
+    """
 
     verdict: Verdict
     exit_code: int | None = None
@@ -103,6 +143,7 @@ class JobResult(BaseModel):
     memory_peak_mb: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime
+    tests: list[CaseResult] = Field(default_factory=list)
 
 
 class _EventBase(BaseModel):

@@ -36,13 +36,14 @@ def worker_permissions() -> Permissions:
 
 
 def gateway_permissions() -> Permissions:
-    """A gateway enqueues jobs, keeps job records, reads events, hears worker heartbeats."""
+    """A gateway enqueues jobs, keeps job and run records, reads events, hears heartbeats."""
     return Permissions(
         publish=[
             s.JOBS_ALL,
             s.CANCEL_ALL,
             s.AUDIT_ALL,
             f"$KV.{s.JOBS_BUCKET}.>",
+            f"$KV.{s.RUNS_BUCKET}.>",
             f"{_JS}.INFO",
             f"{_JS}.STREAM.INFO.*",
             f"{_JS}.STREAM.CREATE.*",
@@ -54,9 +55,16 @@ def gateway_permissions() -> Permissions:
             f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.>",
             f"{_JS}.CONSUMER.DURABLE.CREATE.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}",
             f"{_JS}.CONSUMER.INFO.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}",
+            f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}",  # one event by its sequence
             f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}.>",
             f"{_JS}.DIRECT.GET.{s.JOBS_BUCKET_STREAM}.>",
+            f"{_JS}.DIRECT.GET.{s.RUNS_BUCKET_STREAM}.>",
+            # A tenant's runs are listed with an ordered consumer over its run records.
+            f"{_JS}.CONSUMER.CREATE.{s.RUNS_BUCKET_STREAM}",
+            f"{_JS}.CONSUMER.CREATE.{s.RUNS_BUCKET_STREAM}.>",
+            f"{_JS}.CONSUMER.DELETE.{s.RUNS_BUCKET_STREAM}.>",
             f"$JS.FC.{s.EVENTS_STREAM}.>",
+            f"$JS.FC.{s.RUNS_BUCKET_STREAM}.>",
             f"$JS.ACK.{s.EVENTS_STREAM}.>",
         ],
         subscribe=[f"{s.inbox_prefix('gateway')}.>", s.WORKERS_ALL],

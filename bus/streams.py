@@ -1,4 +1,4 @@
-"""JetStream layout: the JOBS work queue, its `workers` consumer, EVENTS, and the jobs bucket."""
+"""JetStream layout: JOBS (work queue) and its `workers` consumer, EVENTS, two KV buckets."""
 
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             bucket=s.JOBS_BUCKET,
             history=1,
             ttl=settings.events_max_age_s,  # a record lives as long as its job's events
+            replicas=settings.replicas,
+            storage=api.StorageType.FILE,
+            direct=True,
+        )
+    )
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=s.RUNS_BUCKET,
+            history=1,
+            ttl=settings.events_max_age_s,  # a run lives as long as its jobs' events
             replicas=settings.replicas,
             storage=api.StorageType.FILE,
             direct=True,

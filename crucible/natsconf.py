@@ -36,8 +36,18 @@ def _credentials(creds_dir: Path, service: str) -> tuple[Path, ServiceCredential
     return path, creds
 
 
-def write_nats_config(state_dir: Path, port: int, host: str = "127.0.0.1") -> NatsLayout:
-    """Write `nats.conf` (JSON, which nats-server reads) and per-service credentials."""
+def write_nats_config(
+    state_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    store_dir: Path | None = None,
+    monitor_port: int | None = None,
+) -> NatsLayout:
+    """Write `nats.conf` (JSON, which nats-server reads) and per-service credentials.
+
+    `store_dir` is where JetStream keeps its data as the server sees it (a container mounts
+    it elsewhere than the state dir); `monitor_port` opens /healthz for health checks.
+    """
     creds_dir = state_dir / "creds"
     creds_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     users = []
@@ -56,14 +66,16 @@ def write_nats_config(state_dir: Path, port: int, host: str = "127.0.0.1") -> Na
                 },
             }
         )
-    config = {
+    config: dict[str, object] = {
         "host": host,
         "port": port,
         "server_name": "crucible",
         "max_payload": MAX_PAYLOAD_BYTES,
-        "jetstream": {"store_dir": str((state_dir / "jetstream").resolve())},
+        "jetstream": {"store_dir": str(store_dir or (state_dir / "jetstream").resolve())},
         "authorization": {"users": users},
     }
+    if monitor_port is not None:
+        config["http_port"] = monitor_port
     config_file = state_dir / "nats.conf"
     fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

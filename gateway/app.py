@@ -1,11 +1,11 @@
-"""The gateway: jobs in over HTTP, onto NATS; events back out over SSE."""
+"""The gateway: jobs and runs in over HTTP, onto NATS; events back out over SSE."""
 
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi import FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -21,15 +21,17 @@ from bus import (
     new_run_id,
     utc_now,
 )
-from gateway.auth import Principal, StreamTokens
+from gateway.auth import StreamTokens
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.keys_store import ApiKeysStore
+from gateway.runs_api import router as runs_router
 from gateway.schemas import JobAccepted, JobView, Readiness, RuntimesView, RuntimeView
+from gateway.security import BusDep, Caller, resume_position, stream_principal
 from gateway.settings import GatewaySettings
-from gateway.sse import QUEUED_EVENT_ID, job_event_stream
-from gateway.validation import check_spec
-from gateway.views import JobLinks, job_view
+from gateway.sse import job_event_stream
+from gateway.validation import check_spec, with_default_limits
+from gateway.views import JobLinks, job_links, job_view
 from gateway.workers_registry import WorkerRegistry
 from observability import current_trace_id, instrument_app
 
@@ -59,43 +61,20 @@ def create_app(
             await app.state.bus.close()
 
     app = FastAPI(title="Crucible", version="1", lifespan=lifespan)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.keys = keys
+    app.state.tokens = tokens
+    app.state.settings = settings
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # A run carries up to 10,000 programs in one body.
+        larger_limits={"/v1/runs": settings.max_run_body_bytes},
+    )
     instrument_app(app)
-
-    def get_bus(request: Request) -> GatewayBus:
-        bus: GatewayBus = request.app.state.bus
-        return bus
-
-    BusDep = Annotated[GatewayBus, Depends(get_bus)]
-
-    def unauthorized(message: str) -> HTTPException:
-        return HTTPException(
-            status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
-        )
-
-    def bearer(authorization: str | None) -> Principal:
-        if not authorization:
-            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise unauthorized("malformed Authorization header: use 'Bearer <key>'")
-        principal = keys.authenticate(key.strip())
-        if principal is None:
-            raise unauthorized("invalid API key")
-        return principal
-
-    def api_principal(
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Principal:
-        return bearer(authorization)
-
-    Caller = Annotated[Principal, Depends(api_principal)]
+    app.include_router(runs_router)
 
     def links(request: Request, record: JobRecord) -> JobLinks:
-        base = str(request.base_url).rstrip("/")
-        token = tokens.issue(f"job:{record.job_id}", record.tenant)
-        url = f"{base}/v1/jobs/{record.job_id}"
-        return JobLinks(url=url, events_url=f"{url}/events?token={token}")
+        return job_links(str(request.base_url), tokens, record)
 
     async def owned_job(bus: GatewayBus, job_id: str, tenant: str) -> JobRecord:
         # Another tenant's job answers exactly like a job that does not exist.
@@ -118,8 +97,7 @@ def create_app(
     ) -> JobAccepted:
         """Queue one job; watch it at `events_url`."""
         check_spec(spec, settings)
-        limits = spec.limits if "limits" in spec.model_fields_set else settings.default_limits
-        spec = spec.model_copy(update={"limits": limits})
+        spec = with_default_limits(spec, settings)
         now = utc_now()
         record = JobRecord(
             job_id=new_job_id(),
@@ -138,13 +116,13 @@ def create_app(
             submitted_at=now,
         )
         await bus.submit(record, message)
-        job_links = links(request, record)
+        new_links = links(request, record)
         return JobAccepted(
             id=record.job_id,
             run_id=record.run_id,
             status=Status.QUEUED,
-            url=job_links.url,
-            events_url=job_links.events_url,
+            url=new_links.url,
+            events_url=new_links.events_url,
         )
 
     @app.get("/v1/jobs/{job_id}")
@@ -164,25 +142,13 @@ def create_app(
         last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
     ) -> EventSourceResponse:
         """SSE: queued, started, stdout/stderr chunks, finished. Resumable."""
-        if token is not None and authorization is None:
-            caller = tokens.verify(token, f"job:{job_id}")
-            if caller is None:
-                raise unauthorized("invalid or expired stream token: get a fresh events_url")
-        else:
-            caller = bearer(authorization)
+        caller = stream_principal(request, f"job:{job_id}", token, authorization)
         record = await owned_job(bus, job_id, caller.tenant)
-        resume_from = last_event_id if last_event_id is not None else last_event_id_query
-        if resume_from is not None and not resume_from.strip().isdigit():
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"Last-Event-ID must be an event id from this stream (a number >= "
-                f"{QUEUED_EVENT_ID}), not {resume_from!r}",
-            )
-        after = int(resume_from) if resume_from is not None else None
-        job_links = links(request, record)
+        after = resume_position(last_event_id, last_event_id_query)
+        stream_links = links(request, record)
 
         def finished_view(stored: StoredEvent) -> JobView:
-            return job_view(record, stored, job_links)
+            return job_view(record, stored, stream_links)
 
         return EventSourceResponse(
             job_event_stream(bus, record, after, finished_view),

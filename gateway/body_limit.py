@@ -9,16 +9,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodyLimitMiddleware:
     """Bounded bodies: by `Content-Length` when given, by counting when chunked."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, larger_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.larger_limits = larger_limits or {}  # path prefix -> its own limit
 
-    def _refuse(self, size: str) -> JSONResponse:
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.larger_limits.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.max_body_bytes
+
+    def _refuse(self, size: str, limit: int) -> JSONResponse:
         return JSONResponse(
-            {
-                "detail": f"request body is {size}; this gateway accepts at most "
-                f"{self.max_body_bytes} bytes"
-            },
+            {"detail": f"request body is {size}; this gateway accepts at most {limit} bytes"},
             status_code=413,
         )
 
@@ -26,10 +32,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(f"{int(declared)} bytes")(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(f"{int(declared)} bytes", limit)(scope, receive, send)
             return
         # Read the whole (bounded) body first, then replay it: a chunked upload cannot slip
         # past the limit, and the app never sees half a body.
@@ -42,8 +49,8 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._refuse(f"over {self.max_body_bytes} bytes")(scope, receive, send)
+            if size > limit:
+                await self._refuse(f"over {limit} bytes", limit)(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)

@@ -33,6 +33,7 @@ from bus import (
     publish_model,
 )
 from bus import subjects as s
+from gateway.run_store import RunStore
 from gateway.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,24 @@ def _stored(msg: Msg, seq: int) -> StoredEvent:
 class GatewayBus:
     """One NATS connection for the whole gateway process."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, registry: WorkerRegistry):
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        kv: KeyValue,
+        registry: WorkerRegistry,
+        runs: RunStore,
+    ):
         self._nc = nc
         self._js = js
         self._kv = kv
         self.registry = registry
+        self.runs = runs
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context, for the run modules' pipelined publishes and consumers."""
+        return self._js
 
     @classmethod
     async def start(
@@ -70,7 +84,8 @@ class GatewayBus:
         js = nc.jetstream()
         await ensure_streams(js, streams)
         kv = await js.key_value(s.JOBS_BUCKET)
-        bus = cls(nc, js, kv, registry)
+        runs = RunStore(await js.key_value(s.RUNS_BUCKET))
+        bus = cls(nc, js, kv, registry, runs)
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
 
@@ -161,6 +176,27 @@ class GatewayBus:
             yield events()
         finally:
             await sub.unsubscribe()
+
+    def new_inbox(self) -> str:
+        """A reply subject under the gateway's own inbox prefix (its permissions allow no other)."""
+        return self._nc.new_inbox()
+
+    async def event_at(self, seq: int) -> StoredEvent | None:
+        """The event stored at stream position `seq`, or None when it has aged out."""
+        try:
+            raw = await self._js.get_msg(s.EVENTS_STREAM, seq=seq, direct=True)
+        except NotFoundError:
+            return None
+        assert raw.data is not None
+        return StoredEvent(seq, decode_event(raw.data), message_context(raw.headers))
+
+    async def events_last_seq(self) -> int:
+        """The EVENTS stream's newest position (0 when empty)."""
+        try:
+            info = await self._js.stream_info(s.EVENTS_STREAM)
+        except Exception as exc:
+            raise BusUnavailableError(f"cannot read the {s.EVENTS_STREAM} stream: {exc!r}") from exc
+        return info.state.last_seq or 0
 
     async def streams_ready(self) -> bool:
         """True when the job queue and its worker consumer exist."""

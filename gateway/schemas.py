@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, JsonValue
 
-from bus import Status, Verdict
+from bus import CaseResult, Status, Verdict
 
 
 class JobAccepted(BaseModel):
@@ -41,13 +41,14 @@ class JobView(BaseModel):
     stdout: str | None = None
     stderr: str | None = None
     memory_peak_mb: float | None = None
+    tests: list[CaseResult] | None = None  # per case, for a job with `tests`
     timings: Timings
     attempts: int = 0
     worker: str | None = None
     trace_id: str | None = None
     metadata: dict[str, JsonValue]
     url: str
-    events_url: str
+    events_url: str | None = None  # left out where a token would go stale (SSE, results)
 
 
 class QueuedData(BaseModel):

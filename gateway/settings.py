@@ -32,9 +32,12 @@ class GatewaySettings(BaseSettings):
     signing_key: SecretStr | None = None
     event_token_ttl_s: int = Field(3600, gt=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # A run's body holds up to 10,000 jobs; their total bytes are bounded here instead.
+    max_run_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     max_code_bytes: int = Field(1024 * 1024, gt=0)
     max_stdin_bytes: int = Field(1024 * 1024, gt=0)
     max_files: int = Field(64, ge=0)
+    max_cases: int = Field(1000, ge=1)  # test cases per job
     ceilings: LimitCeilings = Field(default_factory=LimitCeilings)
     default_limits: Limits = Field(default_factory=Limits)
     streams: StreamSettings = Field(default_factory=StreamSettings)

@@ -39,6 +39,30 @@ def _check_file_name(name: str) -> None:
         )
 
 
+def _check_cases(spec: JobSpec, settings: GatewaySettings) -> None:
+    assert spec.tests is not None
+    if spec.stdin or spec.expected_stdout is not None:
+        raise _unprocessable(
+            "a job with tests takes each case's stdin and expected_stdout from tests[]: "
+            "leave the job's own stdin and expected_stdout unset"
+        )
+    if len(spec.tests) > settings.max_cases:
+        raise _unprocessable(f"{len(spec.tests)} tests; at most {settings.max_cases} allowed")
+    # Inputs and expected outputs of all cases together, under the single-stdin bound each.
+    inputs = sum(len(case.stdin.encode()) for case in spec.tests)
+    if inputs > settings.max_stdin_bytes:
+        raise _too_large("tests[].stdin", inputs, settings.max_stdin_bytes)
+    outputs = sum(len(case.expected_stdout.encode()) for case in spec.tests)
+    if outputs > settings.max_stdin_bytes:
+        raise _too_large("tests[].expected_stdout", outputs, settings.max_stdin_bytes)
+
+
+def with_default_limits(spec: JobSpec, settings: GatewaySettings) -> JobSpec:
+    """The spec with the operator's default limits when the client named none."""
+    limits = spec.limits if "limits" in spec.model_fields_set else settings.default_limits
+    return spec.model_copy(update={"limits": limits})
+
+
 def check_spec(spec: JobSpec, settings: GatewaySettings) -> None:
     """Raise the HTTP error that tells the client what to fix; return when the spec is fine."""
     code_bytes = len(spec.code.encode())
@@ -47,6 +71,8 @@ def check_spec(spec: JobSpec, settings: GatewaySettings) -> None:
     stdin_bytes = len(spec.stdin.encode())
     if stdin_bytes > settings.max_stdin_bytes:
         raise _too_large("stdin", stdin_bytes, settings.max_stdin_bytes)
+    if spec.tests is not None:
+        _check_cases(spec, settings)
     files_bytes = sum(len(content.encode()) for content in spec.files.values())
     if files_bytes > settings.max_code_bytes:
         raise _too_large("files", files_bytes, settings.max_code_bytes)

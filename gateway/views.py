@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bus import FinishedEvent, JobRecord, Status
+from gateway.auth import StreamTokens
 from gateway.bus_client import StoredEvent
 from gateway.schemas import JobView, QueuedData, Timings
 
@@ -13,6 +14,13 @@ from gateway.schemas import JobView, QueuedData, Timings
 class JobLinks:
     url: str
     events_url: str
+
+
+def job_links(base_url: str, tokens: StreamTokens, record: JobRecord) -> JobLinks:
+    """The job's URL and its event stream's URL, signed for the job's tenant."""
+    token = tokens.issue(f"job:{record.job_id}", record.tenant)
+    url = f"{base_url.rstrip('/')}/v1/jobs/{record.job_id}"
+    return JobLinks(url=url, events_url=f"{url}/events?token={token}")
 
 
 def queued_data(record: JobRecord) -> QueuedData:
@@ -49,6 +57,7 @@ def job_view(record: JobRecord, last: StoredEvent | None, links: JobLinks) -> Jo
     view.stdout = result.stdout
     view.stderr = result.stderr
     view.memory_peak_mb = result.memory_peak_mb
+    view.tests = result.tests or None
     view.timings = Timings(
         queued_at=record.submitted_at,
         started_at=result.started_at,

@@ -7,7 +7,7 @@ setting this platform cannot honour raises ValueError at start-up.
 from observability.fastapi import instrument_app
 from observability.logging import job_id_var, setup_logging
 from observability.propagation import extract_context, inject_headers
-from observability.tracing import current_trace_id, setup_tracing, shutdown_tracing, tracer
+from observability.tracing import current_trace_id, setup_tracing, shutdown_tracing
 
 __all__ = [
     "current_trace_id",
@@ -18,5 +18,4 @@ __all__ = [
     "setup_logging",
     "setup_tracing",
     "shutdown_tracing",
-    "tracer",
 ]

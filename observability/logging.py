@@ -22,7 +22,11 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
     "taskName",
     "color_message",
 }
+# Chatty at INFO (a line per reconnect attempt or HTTP request); their warnings still show.
 _QUIET = ("nats", "httpx", "httpcore", "asyncio")
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 def _fields(record: logging.LogRecord, service: str) -> dict[str, Any]:
@@ -40,19 +44,36 @@ def _fields(record: logging.LogRecord, service: str) -> dict[str, Any]:
     job_id = getattr(record, "job_id", None) or job_id_var.get()
     if job_id:
         fields["job_id"] = job_id
-    fields.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+    # An `extra` may not pass itself off as the service, level or trace of the line.
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD:
+            fields.setdefault(key, value)
     if record.exc_info:
-        fields["exception"] = logging.Formatter().formatException(record.exc_info)
+        fields["exception"] = _TRACEBACKS.formatException(record.exc_info)
+    if record.stack_info:
+        fields["stack"] = record.stack_info
     return fields
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line; values JSON cannot hold are written as their `str`."""
+
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(_fields(record, self._service), default=str).decode()
+        fields = _fields(record, self._service)
+        try:
+            return orjson.dumps(fields, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:
+            # `default` is not consulted for ints beyond 64 bits or over-deep nesting; a log
+            # line must never be lost to its payload.
+            return orjson.dumps({k: _plain(v) for k, v in fields.items()}).decode()
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | bool | float | None) else str(value)
 
 
 class TextFormatter(logging.Formatter):
@@ -64,13 +85,14 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, self._service)
-        head = f"{fields.pop('time')} {fields.pop('level'):<7} {fields.pop('service')}"
-        message = fields.pop("message")
-        exception = fields.pop("exception", None)
-        fields.pop("logger")
+        head = (
+            f"{fields.pop('time')} {fields.pop('level'):<7} {fields.pop('service')} "
+            f"{fields.pop('logger')}: {fields.pop('message')}"
+        )
+        # Multi-line parts go last so the key=value line stays greppable.
+        blocks = [fields.pop(key) for key in ("exception", "stack") if key in fields]
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{head} {message} {tail}".rstrip()
-        return f"{line}\n{exception}" if exception else line
+        return "\n".join([f"{head} {tail}".rstrip(), *blocks])
 
 
 def setup_logging(service: str, fmt: Literal["json", "text"] = "json", level: str = "INFO") -> None:

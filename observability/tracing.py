@@ -16,7 +16,7 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Tracer, format_trace_id
+from opentelemetry.trace import format_trace_id
 
 _PROTOCOL_HTTP = "http/protobuf"
 _PROTOCOL_GRPC = "grpc"
@@ -55,11 +55,6 @@ def shutdown_tracing() -> None:
     """
     if _provider is not None:
         _provider.shutdown()
-
-
-def tracer(name: str) -> Tracer:
-    """The tracer for instrumentation scope `name` (usually the module's ``__name__``)."""
-    return trace.get_tracer(name)
 
 
 def current_trace_id() -> str | None:

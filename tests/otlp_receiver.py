@@ -17,9 +17,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+_PROTOBUF = "application/x-protobuf"
+_TRACES = "/v1/traces"
+# Accepted and dropped: a service exporting metrics or logs must not see errors from us.
+_PATHS = (_TRACES, "/v1/metrics", "/v1/logs")
+
 
 @dataclass(frozen=True)
 class ReceivedSpan:
+    """One exported span, ids as lowercase hex, as a test wants to compare them."""
+
     name: str
     trace_id: str
     span_id: str
@@ -57,7 +64,10 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
 
 
 class OtlpReceiver:
-    """`POST /v1/traces` (protobuf, optionally gzip) on a free loopback port."""
+    """`POST /v1/traces` (protobuf, optionally gzip) on a free loopback port.
+
+    `/v1/metrics` and `/v1/logs` are answered and ignored.
+    """
 
     def __init__(self) -> None:
         self._spans: list[ReceivedSpan] = []
@@ -66,20 +76,30 @@ class OtlpReceiver:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Listen on 127.0.0.1 at a free port, serving from a daemon thread."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path not in _PATHS:
+                    self.send_error(404)
+                    return
+                if self.headers.get("Content-Type") != _PROTOBUF:
+                    # OTLP/JSON is legal but no exporter here sends it; fail loudly, not silently.
+                    self.send_error(415)
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                if self.path == "/v1/traces":
+                if self.path == _TRACES:
                     spans = _decode(body)
                     with receiver._lock:
                         receiver._spans.extend(spans)
+                # An empty response (no partial_success) means every span was accepted; the
+                # metrics and logs responses share that wire form.
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Type", _PROTOBUF)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
@@ -97,24 +117,35 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        """Stop serving and close the listening socket (no ResourceWarning left behind)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
         if self._thread is not None:
             self._thread.join()
+        self._server.server_close()
+        self._server = self._thread = None
 
     def spans(self) -> list[ReceivedSpan]:
+        """A snapshot of every span received so far, in arrival order."""
         with self._lock:
             return list(self._spans)
 
     def wait_for(
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 30.0
     ) -> list[ReceivedSpan]:
+        """Poll until `predicate(spans)` holds and return those spans; AssertionError on timeout.
+
+        Exporters batch, so "the span was sent" and "the span arrived" are a delay apart.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             spans = self.spans()
             if predicate(spans):
                 return spans
             time.sleep(0.05)
-        names = sorted({(s.service_name, s.name) for s in self.spans()})
-        raise AssertionError(f"spans never matched; received: {names}")
+        spans = self.spans()
+        names = sorted({(s.service_name, s.name, s.kind) for s in spans})
+        raise AssertionError(
+            f"spans never matched within {timeout_s}s; received {len(spans)}: {names}"
+        )

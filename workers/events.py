@@ -39,7 +39,14 @@ class AttemptEvents:
         }
 
     async def _store(self, event: StartedEvent | OutputEvent | FinishedEvent) -> None:
-        await publish_model(self._js, self._subject, event, msg_id=event.dedup_key)
+        # Type and verdict in headers: a run's progress is counted from headers alone,
+        # without fetching every event's body (stdout can be megabytes).
+        headers: dict[str, str] = {s.EVENT_TYPE_HEADER: event.type}
+        if isinstance(event, FinishedEvent):
+            headers[s.VERDICT_HEADER] = event.result.verdict.value
+        await publish_model(
+            self._js, self._subject, event, msg_id=event.dedup_key, extra_headers=headers
+        )
 
     async def started(self) -> None:
         await self._store(StartedEvent(worker=self._worker, **self._ids()))

@@ -35,7 +35,8 @@ from bus import subjects as s
 from observability import job_id_var
 from sandbox import Sandbox
 from workers.events import AttemptEvents
-from workers.judge import exec_spec, judge, platform_failure
+from workers.execute import execute
+from workers.judge import platform_failure
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ class Worker:
         self._sandbox = sandbox
         self._stopping = asyncio.Event()
         self._busy = 0
-        self._running: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         """Stop fetching; running jobs get the grace period (SIGTERM lands here)."""
@@ -69,7 +69,10 @@ class Worker:
         nc = await connect(self._nats_settings, service="worker", name=self.settings.worker_id)
         try:
             js = nc.jetstream()
-            max_attempts, ack_wait_s = await self._consumer_settings(js)
+            consumer = await self._consumer_settings(js)
+            if consumer is None:
+                return
+            max_attempts, ack_wait_s = consumer
             psub = await js.pull_subscribe_bind(s.WORKERS_CONSUMER, stream=s.JOBS_STREAM)
             log.info("worker ready", extra={"concurrency": self.settings.concurrency})
             heartbeat = asyncio.create_task(self._heartbeat(nc))
@@ -91,9 +94,9 @@ class Worker:
                 await nc.flush()
             await nc.close()
 
-    async def _consumer_settings(self, js: JetStreamContext) -> tuple[int, float]:
+    async def _consumer_settings(self, js: JetStreamContext) -> tuple[int, float] | None:
         """Attempts and ack wait come from the consumer itself, so they cannot drift."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 info = await js.consumer_info(s.JOBS_STREAM, s.WORKERS_CONSUMER)
             except NotFoundError:
@@ -102,6 +105,7 @@ class Worker:
                 continue
             assert info.config.max_deliver is not None and info.config.ack_wait is not None
             return info.config.max_deliver - 1, info.config.ack_wait
+        return None  # stopped before the queue existed: nothing to serve
 
     async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
         """Let running jobs finish within the grace period; hand the rest back."""
@@ -201,24 +205,7 @@ class Worker:
             started_at = utc_now()
             await events.started()
             log.info("job started", extra={"attempt": attempt})
-            with tracer.start_as_current_span(
-                "sandbox.run",
-                attributes={
-                    "crucible.sandbox.backend": self._sandbox.name,
-                    "crucible.runtime": job.spec.language,
-                    **{f"crucible.limits.{k}": v for k, v in job.spec.limits.model_dump().items()},
-                },
-            ) as span:
-                run = await self._sandbox.run(exec_spec(job), events.output)
-                span.set_attributes(
-                    {
-                        "crucible.verdict": run.verdict.value,
-                        "crucible.exit_code": -1 if run.exit_code is None else run.exit_code,
-                        "crucible.memory_peak_mb": run.memory_peak_mb,
-                        "crucible.wall_time_s": run.wall_time_s,
-                    }
-                )
-            result = judge(job.spec, run, started_at)
+            result = await execute(self._sandbox, job, events.output, started_at)
             await events.finished(result)
             await msg.ack_sync()  # only now: the result is stored
             log.info("job finished", extra={"verdict": result.verdict.value})

@@ -53,6 +53,8 @@ async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer) -> None:
         ("worker", "subscribe", s.JOBS_ALL),
         ("worker", "subscribe", s.inbox_prefix("gateway") + ".>"),
         ("worker", "publish", f"$KV.{s.JOBS_BUCKET}.j-1"),
+        ("worker", "publish", f"$KV.{s.RUNS_BUCKET}.6c6f63616c.r-1"),
+        ("worker", "publish", f"$JS.API.CONSUMER.CREATE.{s.RUNS_BUCKET_STREAM}"),
         ("worker", "publish", "$JS.API.STREAM.DELETE.JOBS"),
         ("worker", "publish", s.cancel_subject("j-1")),
         ("gateway", "publish", s.events_subject("r-1", "j-1")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import subprocess
 import time
@@ -13,12 +14,12 @@ import docker
 import pytest
 import requests
 
+from crucible.tls import make_certs
 from sandbox import ExecSpec, OutputChunk, Verdict
 from sandbox.docker import DockerSandbox
 from sandbox.docker_pool import DockerSettings
 from tests.backends import require_docker
 from tests.stack import free_port
-from tests.tls_certs import make_certs
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,6 +45,9 @@ def tls_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     certs.mkdir()
     make_certs(certs)
     host = f"tcp://127.0.0.1:{free_port()}"
+    # A bridge of its own: a second dockerd told `--bridge=none` deletes the host's docker0.
+    bridge = f"crt{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     with (root / "dockerd.log").open("wb") as log:
         daemon = subprocess.Popen(
             [
@@ -57,7 +61,7 @@ def tls_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
                 f"--data-root={root / 'data'}",
                 f"--exec-root={root / 'exec'}",
                 f"--pidfile={root / 'docker.pid'}",
-                "--bridge=none",
+                f"--bridge={bridge}",
                 "--iptables=false",
                 "--ip-masq=false",
             ],
@@ -90,6 +94,7 @@ def tls_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
 
 
 async def test_jobs_run_on_a_remote_engine_over_mutual_tls(

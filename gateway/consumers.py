@@ -1,0 +1,100 @@
+"""Reading a stream through short-lived ordered consumers: a snapshot of the newest message
+per subject, or a live tail. The gateway may create these on EVENTS and on the runs bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from bus import BusUnavailableError
+
+# A snapshot waits this long for each next message before calling the server gone; the
+# server sends them back to back, so only an outage gets near it.
+_NEXT_MESSAGE_TIMEOUT_S = 10.0
+_IDLE_HEARTBEAT_S = 5.0
+
+
+def _ordered_config(
+    subject: str, deliver: api.DeliverPolicy, headers_only: bool, start_seq: int | None, inbox: str
+) -> api.ConsumerConfig:
+    # What nats-py's `subscribe(ordered_consumer=True)` sets; created here by hand because
+    # its answer (the consumer info, with the pending count) is what tells a snapshot's end.
+    return api.ConsumerConfig(
+        deliver_policy=deliver,
+        opt_start_seq=start_seq,
+        filter_subject=subject,
+        headers_only=headers_only or None,
+        deliver_subject=inbox,
+        ack_policy=api.AckPolicy.NONE,
+        max_deliver=1,
+        flow_control=True,
+        idle_heartbeat=_IDLE_HEARTBEAT_S,
+        num_replicas=1,
+        mem_storage=True,
+        inactive_threshold=60.0,  # the server removes it if we vanish without deleting it
+    )
+
+
+@asynccontextmanager
+async def _ordered(
+    js: JetStreamContext,
+    stream: str,
+    config: api.ConsumerConfig,
+) -> AsyncIterator[tuple[int, JetStreamContext.PushSubscription]]:
+    try:
+        info = await js.add_consumer(stream, config)
+        sub = await js.subscribe_bind(
+            stream=stream, config=config, consumer=info.name, ordered_consumer=True
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BusUnavailableError(f"cannot read {config.filter_subject}: {exc!r}") from exc
+    try:
+        yield info.num_pending or 0, sub
+    finally:
+        with suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def last_per_subject(
+    js: JetStreamContext, inbox: str, stream: str, subject: str, headers_only: bool
+) -> list[Msg]:
+    """The newest message of every subject matching `subject`, oldest first."""
+    config = _ordered_config(subject, api.DeliverPolicy.LAST_PER_SUBJECT, headers_only, None, inbox)
+    messages: list[Msg] = []
+    async with _ordered(js, stream, config) as (pending, sub):
+        if pending == 0:
+            return messages
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=_NEXT_MESSAGE_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise BusUnavailableError(f"reading {subject} stalled") from exc
+            messages.append(msg)
+            if msg.metadata.num_pending == 0:
+                return messages
+
+
+@asynccontextmanager
+async def tail(
+    js: JetStreamContext,
+    inbox: str,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    headers_only: bool,
+) -> AsyncIterator[AsyncIterator[Msg]]:
+    """Every message on `subject` from stream position `start_seq` on, live, in order."""
+    config = _ordered_config(
+        subject, api.DeliverPolicy.BY_START_SEQUENCE, headers_only, max(start_seq, 1), inbox
+    )
+    async with _ordered(js, stream, config) as (_, sub):
+
+        async def messages() -> AsyncIterator[Msg]:
+            async for msg in sub.messages:
+                yield msg
+
+        yield messages()

@@ -1,0 +1,94 @@
+"""Request dependencies shared by the job and run APIs: who is calling, and the bus.
+
+The app keeps its keys, stream tokens, settings and bus on `app.state`; these read them
+from there, so that routers in other modules authenticate exactly as the app does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+
+from gateway.auth import Principal, StreamTokens
+from gateway.bus_client import GatewayBus
+from gateway.keys_store import ApiKeysStore
+from gateway.settings import GatewaySettings
+
+# The smallest stream id: a job stream's `queued` event, a run stream's first `progress`.
+FIRST_EVENT_ID = 0
+
+
+def unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def bearer(keys: ApiKeysStore, authorization: str | None) -> Principal:
+    """The caller named by an `Authorization: Bearer <key>` header, or 401."""
+    if not authorization:
+        raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise unauthorized("malformed Authorization header: use 'Bearer <key>'")
+    principal = keys.authenticate(key.strip())
+    if principal is None:
+        raise unauthorized("invalid API key")
+    return principal
+
+
+def api_principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    keys: ApiKeysStore = request.app.state.keys
+    return bearer(keys, authorization)
+
+
+def stream_principal(
+    request: Request, scope: str, token: str | None, authorization: str | None
+) -> Principal:
+    """An event stream's caller: the signed token of its `events_url`, or an API key."""
+    if token is not None and authorization is None:
+        tokens: StreamTokens = request.app.state.tokens
+        caller = tokens.verify(token, scope)
+        if caller is None:
+            raise unauthorized("invalid or expired stream token: get a fresh events_url")
+        return caller
+    keys: ApiKeysStore = request.app.state.keys
+    return bearer(keys, authorization)
+
+
+def resume_position(header: str | None, query: str | None) -> int | None:
+    """The `Last-Event-ID` to resume after (header, else `?last_event_id=`), or 422."""
+    value = header if header is not None else query
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"Last-Event-ID must be an event id from this stream (a number >= "
+            f"{FIRST_EVENT_ID}), not {value!r}",
+        )
+    return int(value)
+
+
+def get_bus(request: Request) -> GatewayBus:
+    bus: GatewayBus = request.app.state.bus
+    return bus
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+def get_tokens(request: Request) -> StreamTokens:
+    tokens: StreamTokens = request.app.state.tokens
+    return tokens
+
+
+Caller = Annotated[Principal, Depends(api_principal)]
+BusDep = Annotated[GatewayBus, Depends(get_bus)]
+SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+TokensDep = Annotated[StreamTokens, Depends(get_tokens)]

@@ -1,0 +1,228 @@
+"""Tracing over real OTLP/HTTP to a real receiver, and trace context across a header hop.
+
+The OTel global provider can be set once per process, so everything that calls
+`setup_tracing` runs in a child interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import format_span_id, format_trace_id
+
+from observability import current_trace_id, extract_context, inject_headers, setup_tracing
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT_S = 60
+ARRIVAL_TIMEOUT_S = 10
+
+# A publisher span, its trace context through headers (as over NATS), a consumer span and a
+# nested span under it; prints the trace id the process saw.
+EXPORTING_PROGRAM = """
+from opentelemetry import trace
+from observability import (
+    current_trace_id, extract_context, inject_headers, setup_tracing, shutdown_tracing,
+)
+setup_tracing("crucible-test")
+setup_tracing("ignored-second-call")
+tracer = trace.get_tracer("t")
+with tracer.start_as_current_span("publish", kind=trace.SpanKind.PRODUCER):
+    headers = inject_headers()
+with tracer.start_as_current_span(
+    "process", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
+):
+    with tracer.start_as_current_span("sandbox.run", attributes={"lang": "py", "n": 3}):
+        print(current_trace_id())
+shutdown_tracing()
+"""
+
+# Requests go in through httpx's ASGI transport: the instrumented ASGI stack without a socket.
+INSTRUMENTED_APP_PROGRAM = """
+import asyncio
+import httpx
+from fastapi import FastAPI
+from opentelemetry import trace
+from observability import (
+    current_trace_id, inject_headers, instrument_app, setup_tracing, shutdown_tracing,
+)
+setup_tracing("crucible-gateway")
+app = FastAPI()
+
+@app.get("/healthz")
+def healthz() -> dict:
+    return {}
+
+@app.get("/jobs/{job_id}")
+def job(job_id: str) -> dict:
+    return {"trace_id": current_trace_id()}
+
+instrument_app(app)
+with trace.get_tracer("client").start_as_current_span("client") as client:
+    headers = inject_headers()
+    print(format(client.get_span_context().span_id, "016x"))
+async def call() -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        (await http.get("/healthz", headers=headers)).raise_for_status()
+        print((await http.get("/jobs/j1", headers=headers)).json()["trace_id"])
+
+asyncio.run(call())
+shutdown_tracing()
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    otlp = OtlpReceiver()
+    otlp.start()
+    yield otlp
+    otlp.stop()
+
+
+def run_child(program: str, **env: str) -> list[str]:
+    """Run `program` in a fresh interpreter without the caller's OTEL_* settings; stdout lines."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)],
+        env={**clean, "OTEL_BSP_SCHEDULE_DELAY": "100", **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )
+    # The SDK reports its trouble (failed exports, a second provider refused) through logging,
+    # which Python's last-resort handler writes to stderr: any output there is a failure.
+    assert (done.returncode, done.stderr) == (0, "")
+    return done.stdout.splitlines()
+
+
+def by_name(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    return {span.name: span for span in spans}
+
+
+def test_spans_reach_the_receiver_with_parents_and_service_name(receiver: OtlpReceiver) -> None:
+    [printed_trace_id] = run_child(EXPORTING_PROGRAM, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    spans = by_name(receiver.wait_for(lambda s: len(s) >= 3, timeout_s=ARRIVAL_TIMEOUT_S))
+    publish, process, run = spans["publish"], spans["process"], spans["sandbox.run"]
+    assert publish.trace_id == process.trace_id == run.trace_id == printed_trace_id
+    assert publish.parent_span_id == ""
+    assert process.parent_span_id == publish.span_id
+    assert run.parent_span_id == process.span_id
+    assert (publish.kind, process.kind, run.kind) == (
+        "SPAN_KIND_PRODUCER",
+        "SPAN_KIND_CONSUMER",
+        "SPAN_KIND_INTERNAL",
+    )
+    assert run.attributes == {"lang": "py", "n": 3}
+    # setup_tracing is idempotent: the second call neither renamed the service nor doubled spans.
+    assert {span.service_name for span in spans.values()} == {"crucible-test"}
+    assert len(receiver.spans()) == 3
+
+
+def test_otel_service_name_overrides_the_code(receiver: OtlpReceiver) -> None:
+    run_child(
+        EXPORTING_PROGRAM,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_SERVICE_NAME="from-env",
+    )
+    spans = receiver.wait_for(lambda s: len(s) >= 3, timeout_s=ARRIVAL_TIMEOUT_S)
+    assert {span.service_name for span in spans} == {"from-env"}
+
+
+def test_traces_endpoint_and_gzip_are_honoured(receiver: OtlpReceiver) -> None:
+    run_child(
+        EXPORTING_PROGRAM,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{receiver.endpoint}/v1/traces",
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
+    )
+    spans = receiver.wait_for(lambda s: len(s) >= 3, timeout_s=ARRIVAL_TIMEOUT_S)
+    assert set(by_name(spans)) == {"publish", "process", "sandbox.run"}
+
+
+def test_without_an_endpoint_trace_ids_exist_but_nothing_is_exported(
+    receiver: OtlpReceiver,
+) -> None:
+    [printed_trace_id] = run_child(EXPORTING_PROGRAM)
+    assert len(printed_trace_id) == 32 and int(printed_trace_id, 16) != 0
+    assert receiver.spans() == []
+
+
+def test_sdk_disabled_means_no_trace_and_no_export(receiver: OtlpReceiver) -> None:
+    [printed_trace_id] = run_child(
+        EXPORTING_PROGRAM,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_SDK_DISABLED="true",
+    )
+    assert printed_trace_id == "None"
+    assert receiver.spans() == []
+
+
+def test_shutdown_without_setup_is_harmless() -> None:
+    assert run_child("from observability import shutdown_tracing; shutdown_tracing()") == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OTEL_TRACES_EXPORTER", "zipkin"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+)
+def test_settings_the_platform_cannot_honour_fail_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # Both are rejected before the global provider is touched, so this can run in-process.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=value):
+        setup_tracing("crucible-test")
+
+
+def test_fastapi_server_spans_join_the_callers_trace_but_skip_probes(
+    receiver: OtlpReceiver,
+) -> None:
+    client_span_id, handler_trace_id = run_child(
+        INSTRUMENTED_APP_PROGRAM, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint
+    )
+    spans = receiver.wait_for(
+        lambda s: any(span.kind == "SPAN_KIND_SERVER" for span in s),
+        timeout_s=ARRIVAL_TIMEOUT_S,
+    )
+    [server] = [span for span in spans if span.kind == "SPAN_KIND_SERVER"]
+    assert server.name == "GET /jobs/{job_id}"
+    assert server.parent_span_id == client_span_id
+    assert server.trace_id == handler_trace_id
+    assert server.service_name == "crucible-gateway"
+    assert not [span for span in spans if "healthz" in span.name]
+
+
+def test_context_survives_the_header_round_trip() -> None:
+    tracer = TracerProvider().get_tracer("t")
+    with tracer.start_as_current_span("publish") as publish:
+        headers = inject_headers({"Nats-Msg-Id": "x"})
+    published = publish.get_span_context()
+    assert headers["Nats-Msg-Id"] == "x"
+    trace_id, span_id = format_trace_id(published.trace_id), format_span_id(published.span_id)
+    assert headers["traceparent"] == f"00-{trace_id}-{span_id}-{published.trace_flags:02x}"
+    with tracer.start_as_current_span("process", context=extract_context(headers)) as process:
+        assert current_trace_id() == format_trace_id(published.trace_id)
+    assert process.get_span_context().trace_id == published.trace_id
+    assert process.parent is not None and process.parent.is_remote
+    assert process.parent.span_id == published.span_id
+
+
+def test_inject_copies_and_missing_headers_start_a_new_trace() -> None:
+    original = {"a": "b"}
+    assert inject_headers(original) == {"a": "b"}  # no active span: nothing to add
+    assert inject_headers(original) is not original
+    assert current_trace_id() is None
+    for headers in (None, {}, {"traceparent": "garbage"}):
+        context = extract_context(headers)
+        assert not trace.get_current_span(context).get_span_context().is_valid
