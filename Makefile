@@ -29,6 +29,7 @@ image: $(STAMP)
 images: $(STAMP) image
 	$(VENV)/bin/crucible sandbox build-image --if-missing --tag crucible-base:latest \
 	  --packages python3,python3-venv,ca-certificates
+	cp /etc/ssl/certs/ca-certificates.crt deploy/build-ca.crt
 	docker build -q -f deploy/Dockerfile -t crucible:latest .
 	docker build -q -f deploy/nginx.Dockerfile -t crucible-nginx:latest .
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ def stream(
     headers: dict[str, str] | None = None,
     last_event_id: str | None = None,
     stop_after: int | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> list[Event]:
     """Read SSE events until the server ends the stream (or `stop_after` events)."""
     sent = dict(headers or {})
@@ -42,7 +44,7 @@ def stream(
         sent["Last-Event-ID"] = last_event_id
     events: list[Event] = []
     with (
-        httpx.Client(timeout=_TIMEOUT) as client,
+        httpx.Client(timeout=_TIMEOUT, verify=verify) as client,
         connect_sse(client, "GET", url, headers=sent) as source,
     ):
         assert source.response.status_code == 200, source.response.read()
