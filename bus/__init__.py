@@ -12,6 +12,7 @@ from bus.ids import is_valid_id, new_job_id, new_run_id
 from bus.messaging import decode_event, message_context, publish_model
 from bus.models import (
     JOB_EVENT,
+    CancelRequest,
     Case,
     CaseResult,
     Compare,
@@ -42,6 +43,7 @@ __all__ = [
     "SERVICE_PERMISSIONS",
     "BusError",
     "BusUnavailableError",
+    "CancelRequest",
     "Case",
     "CaseResult",
     "Compare",

@@ -182,6 +182,13 @@ JobEvent = Annotated[StartedEvent | OutputEvent | FinishedEvent, Field(discrimin
 JOB_EVENT = TypeAdapter[JobEvent](JobEvent)
 
 
+class CancelRequest(BaseModel):
+    """On `crucible.cancel.<job>` for running jobs, and in KV `cancels` for queued ones."""
+
+    job_id: str
+    requested_at: datetime = Field(default_factory=utc_now)
+
+
 class RuntimeVersion(BaseModel):
     """A language a worker can run."""
 

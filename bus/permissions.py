@@ -30,6 +30,8 @@ def worker_permissions() -> Permissions:
             f"{_JS}.CONSUMER.MSG.NEXT.{consumer}",
             f"{_JS}.CONSUMER.INFO.{consumer}",
             f"$JS.ACK.{consumer}.>",
+            # Read (never write) cancel requests, before running a job it fetched.
+            f"{_JS}.DIRECT.GET.{s.CANCELS_BUCKET_STREAM}.>",
         ],
         subscribe=[f"{s.inbox_prefix('worker')}.>", s.CANCEL_ALL],
     )
@@ -44,6 +46,7 @@ def gateway_permissions() -> Permissions:
             s.AUDIT_ALL,
             f"$KV.{s.JOBS_BUCKET}.>",
             f"$KV.{s.RUNS_BUCKET}.>",
+            f"$KV.{s.CANCELS_BUCKET}.>",
             f"{_JS}.INFO",
             f"{_JS}.STREAM.INFO.*",
             f"{_JS}.STREAM.CREATE.*",

@@ -81,6 +81,16 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             direct=True,
         )
     )
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=s.CANCELS_BUCKET,
+            history=1,
+            ttl=settings.events_max_age_s,
+            replicas=settings.replicas,
+            storage=api.StorageType.FILE,
+            direct=True,
+        )
+    )
     await js.add_consumer(
         s.JOBS_STREAM,
         api.ConsumerConfig(

@@ -22,6 +22,9 @@ WORKERS_CONSUMER = "workers"
 JOBS_BUCKET = "jobs"
 JOBS_BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
 RUNS_BUCKET = "runs"
+# A job's cancel request, kept so that a worker fetching it later still sees it.
+CANCELS_BUCKET = "cancels"
+CANCELS_BUCKET_STREAM = f"KV_{CANCELS_BUCKET}"
 RUNS_BUCKET_STREAM = f"KV_{RUNS_BUCKET}"
 
 EVENT_TYPE_HEADER = "Crucible-Event"
@@ -72,6 +75,11 @@ def run_chunk_key(tenant: str, run_id: str, index: int) -> str:
 def tenant_runs_subject(tenant: str) -> str:
     """Every run record of one tenant (chunk keys have one token more, so do not match)."""
     return f"$KV.{RUNS_BUCKET}.{tenant_token(tenant)}.*"
+
+
+def cancel_key_subject(job_id: str) -> str:
+    """The KV subject of a job's cancel request (read with a direct get)."""
+    return f"$KV.{CANCELS_BUCKET}.{job_id}"
 
 
 def cancel_subject(job_id: str) -> str:

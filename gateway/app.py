@@ -131,6 +131,18 @@ def create_app(
         record = await owned_job(bus, job_id, caller.tenant)
         return job_view(record, await bus.last_event(record), links(request, record))
 
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+    async def cancel_job(job_id: str, request: Request, caller: Caller, bus: BusDep) -> JobView:
+        """Cancel a queued or running job; it finishes as `cancelled` (409 once finished)."""
+        record = await owned_job(bus, job_id, caller.tenant)
+        view = job_view(record, await bus.last_event(record), links(request, record))
+        if view.status is Status.FINISHED:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"job {job_id} already finished ({view.verdict})"
+            )
+        await bus.cancel([job_id])
+        return view
+
     @app.get("/v1/jobs/{job_id}/events", response_model=None)
     async def job_events(
         job_id: str,

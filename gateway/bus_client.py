@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from bus import (
     BusUnavailableError,
+    CancelRequest,
     JobEvent,
     JobMessage,
     JobRecord,
@@ -63,12 +64,14 @@ class GatewayBus:
         kv: KeyValue,
         registry: WorkerRegistry,
         runs: RunStore,
+        cancels: KeyValue,
     ):
         self._nc = nc
         self._js = js
         self._kv = kv
         self.registry = registry
         self.runs = runs
+        self._cancels = cancels
 
     @property
     def js(self) -> JetStreamContext:
@@ -85,9 +88,21 @@ class GatewayBus:
         await ensure_streams(js, streams)
         kv = await js.key_value(s.JOBS_BUCKET)
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
-        bus = cls(nc, js, kv, registry, runs)
+        cancels = await js.key_value(s.CANCELS_BUCKET)
+        bus = cls(nc, js, kv, registry, runs, cancels)
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """Record each cancel (for jobs still queued), then tell the workers (running ones)."""
+        try:
+            for job_id in job_ids:
+                request = CancelRequest(job_id=job_id).model_dump_json().encode()
+                await self._cancels.put(job_id, request)
+                await self._nc.publish(s.cancel_subject(job_id), request)
+            await self._nc.flush()
+        except Exception as exc:
+            raise BusUnavailableError(f"could not record a cancel: {exc!r}") from exc
 
     async def close(self) -> None:
         await self._nc.drain()

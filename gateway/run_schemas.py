@@ -83,3 +83,10 @@ class RunList(BaseModel):
 
     runs: list[RunSummary]
     next_url: str | None = None
+
+
+class RunCancelled(BaseModel):
+    """`202` for `POST /v1/runs/{id}/cancel`: how many jobs were asked to stop."""
+
+    id: str
+    jobs: int

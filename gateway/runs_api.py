@@ -23,7 +23,7 @@ from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.consumers import last_per_subject
 from gateway.passk import DEFAULT_KS
-from gateway.run_schemas import RunAccepted, RunList, RunSubmission, RunView
+from gateway.run_schemas import RunAccepted, RunCancelled, RunList, RunSubmission, RunView
 from gateway.run_sse import run_event_stream
 from gateway.run_status import RunLinks, run_links, run_summary, run_view
 from gateway.run_submit import PreparedJobs, chunk_of, enqueue, prepare_jobs
@@ -180,6 +180,15 @@ async def get_run(
     ks = _ks(k)
     record = await _owned_run(bus, run_id, caller.tenant)
     return await run_view(bus, record, run_links(str(request.base_url), tokens, record), ks)
+
+
+@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+async def cancel_run(run_id: str, caller: Caller, bus: BusDep) -> RunCancelled:
+    """Cancel every job of the run: queued ones never start, running ones are killed."""
+    record = await _owned_run(bus, run_id, caller.tenant)
+    job_ids = [member.job_id for member in await bus.runs.members(record)]
+    await bus.cancel(job_ids)
+    return RunCancelled(id=run_id, jobs=len(job_ids))
 
 
 @router.get("/{run_id}/events", response_model=None)

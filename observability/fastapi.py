@@ -1,14 +1,17 @@
-"""Server spans for the gateway's HTTP requests."""
-
-from __future__ import annotations
+"""Server spans for the gateway's HTTP API."""
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-# Probes and scrapes every few seconds would bury the job traces.
-_NOT_TRACED = "/healthz,/readyz,/metrics"
+# Probes and scrapes arrive every few seconds and would bury the job traces. Patterns are
+# regexes searched in the full URL (no query string), hence the anchors.
+_EXCLUDED_URLS = "/healthz$,/readyz$,/metrics$"
 
 
 def instrument_app(app: FastAPI) -> None:
-    """Trace every request but the probes, as children of an incoming `traceparent`."""
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=_NOT_TRACED)
+    """Trace every request to `app` except probes and metrics.
+
+    Spans go to the global tracer provider, resolved lazily, so this may run before
+    ``setup_tracing``.
+    """
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=_EXCLUDED_URLS)

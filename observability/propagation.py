@@ -1,6 +1,4 @@
-"""W3C trace context in NATS message headers, so one trace follows a job across services."""
-
-from __future__ import annotations
+"""W3C trace context over NATS message headers, so one job is one trace across services."""
 
 from collections.abc import Mapping
 
@@ -9,12 +7,14 @@ from opentelemetry.context import Context
 
 
 def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of `headers` with `traceparent` (and `tracestate`) of the current span added."""
+    """A copy of `headers` plus ``traceparent``/``tracestate`` (and ``baggage``) of the
+    current context; nothing is added outside a recorded span."""
     carrier = dict(headers or {})
     propagate.inject(carrier)
     return carrier
 
 
 def extract_context(headers: Mapping[str, str] | None) -> Context:
-    """The context a publisher injected; an empty one when the message carried none."""
-    return propagate.extract(dict(headers or {}))
+    """The remote parent carried by `headers` (nats-py gives None for a message without
+    headers); pass it as ``context=`` when starting the consumer's span."""
+    return propagate.extract(headers or {})

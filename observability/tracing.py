@@ -5,6 +5,7 @@ import os
 
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
@@ -98,8 +99,6 @@ def _otlp_exporter() -> SpanExporter:
         or _PROTOCOL_HTTP
     ).strip()
     if protocol == _PROTOCOL_HTTP:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         return OTLPSpanExporter()
     if protocol == _PROTOCOL_GRPC:
         # Imported lazily: grpcio is heavy and most deployments use OTLP/HTTP.

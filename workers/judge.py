@@ -109,3 +109,10 @@ def platform_failure(reason: str, started_at: datetime | None = None) -> JobResu
     return JobResult(
         verdict=Verdict.INTERNAL_ERROR, reason=reason, started_at=started_at, finished_at=utc_now()
     )
+
+
+def cancelled(reason: str, started_at: datetime | None = None) -> JobResult:
+    """`cancelled`: a client asked for it; no verdict of the program's own."""
+    return JobResult(
+        verdict=Verdict.CANCELLED, reason=reason, started_at=started_at, finished_at=utc_now()
+    )

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from contextlib import suppress
+from datetime import datetime
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -23,7 +24,9 @@ from pydantic import ValidationError
 
 from bus import (
     BusUnavailableError,
+    CancelRequest,
     JobMessage,
+    JobResult,
     NatsSettings,
     RuntimeVersion,
     WorkerHeartbeat,
@@ -36,7 +39,7 @@ from observability import job_id_var
 from sandbox import Sandbox
 from workers.events import AttemptEvents
 from workers.execute import execute
-from workers.judge import platform_failure
+from workers.judge import cancelled, platform_failure
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class Worker:
         self._sandbox = sandbox
         self._stopping = asyncio.Event()
         self._busy = 0
+        self._running: dict[str, asyncio.Task[JobResult]] = {}  # job id -> its sandbox run
+        self._cancelled: set[str] = set()
 
     def stop(self) -> None:
         """Stop fetching; running jobs get the grace period (SIGTERM lands here)."""
@@ -69,6 +74,7 @@ class Worker:
         nc = await connect(self._nats_settings, service="worker", name=self.settings.worker_id)
         try:
             js = nc.jetstream()
+            await nc.subscribe(s.CANCEL_ALL, cb=self._on_cancel)
             consumer = await self._consumer_settings(js)
             if consumer is None:
                 return
@@ -200,12 +206,17 @@ class Worker:
             await events.finished(platform_failure(reason))
             await msg.ack_sync()
             return
+        if await self._cancel_requested(js, job.job_id):
+            await events.finished(cancelled("cancelled before it started"))
+            await msg.ack_sync()
+            log.info("job cancelled before it started")
+            return
         progress = asyncio.create_task(self._keep_alive(msg, ack_wait_s))
         try:
             started_at = utc_now()
             await events.started()
             log.info("job started", extra={"attempt": attempt})
-            result = await execute(self._sandbox, job, events.output, started_at)
+            result = await self._run(job, events, started_at)
             await events.finished(result)
             await msg.ack_sync()  # only now: the result is stored
             log.info("job finished", extra={"verdict": result.verdict.value})
@@ -223,6 +234,41 @@ class Worker:
                 await msg.nak(delay=_NAK_DELAY_S)
         finally:
             progress.cancel()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            job_id = CancelRequest.model_validate_json(msg.data).job_id
+        except ValidationError:
+            return
+        run = self._running.get(job_id)
+        if run is not None:
+            self._cancelled.add(job_id)
+            run.cancel()  # the sandbox kills the job's processes as the run unwinds
+
+    async def _cancel_requested(self, js: JetStreamContext, job_id: str) -> bool:
+        """True when the job was cancelled while it waited in the queue."""
+        try:
+            await js.get_last_msg(
+                s.CANCELS_BUCKET_STREAM, s.cancel_key_subject(job_id), direct=True
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def _run(self, job: JobMessage, events: AttemptEvents, started_at: datetime) -> JobResult:
+        """The sandbox run, cancellable on its own by a cancel request for this job."""
+        run = asyncio.create_task(execute(self._sandbox, job, events.output, started_at))
+        self._running[job.job_id] = run
+        try:
+            return await run
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.job_id in self._cancelled and not (current and current.cancelling()):
+                return cancelled("cancelled while running", started_at)
+            raise  # a shutdown, not a cancel request: the job goes back to the queue
+        finally:
+            self._running.pop(job.job_id, None)
+            self._cancelled.discard(job.job_id)
 
     async def _keep_alive(self, msg: Msg, ack_wait_s: float) -> None:
         while True:
