@@ -10,11 +10,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import format_span_id, format_trace_id
 
@@ -147,6 +151,42 @@ def test_traces_endpoint_and_gzip_are_honoured(receiver: OtlpReceiver) -> None:
     )
     spans = receiver.wait_for(lambda s: len(s) >= 3, timeout_s=ARRIVAL_TIMEOUT_S)
     assert set(by_name(spans)) == {"publish", "process", "sandbox.run"}
+
+
+class GrpcTraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    """The OTLP/gRPC trace endpoint, keeping only span names: the HTTP tests check the rest."""
+
+    def __init__(self) -> None:
+        self.span_names: list[str] = []
+        self.exported = threading.Event()
+
+    def Export(  # the name the generated servicer dispatches to
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.span_names += [span.name for span in scope_spans.spans]
+        self.exported.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_grpc_protocol_exports_to_a_grpc_collector() -> None:
+    service = GrpcTraceService()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        # An http:// endpoint is what makes the gRPC exporter use a plaintext channel.
+        run_child(
+            EXPORTING_PROGRAM,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        )
+        assert service.exported.wait(ARRIVAL_TIMEOUT_S)
+    finally:
+        server.stop(grace=None)
+    assert sorted(service.span_names) == ["process", "publish", "sandbox.run"]
 
 
 def test_without_an_endpoint_trace_ids_exist_but_nothing_is_exported(
