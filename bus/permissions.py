@@ -47,6 +47,8 @@ def gateway_permissions() -> Permissions:
             f"$KV.{s.JOBS_BUCKET}.>",
             f"$KV.{s.RUNS_BUCKET}.>",
             f"$KV.{s.CANCELS_BUCKET}.>",
+            f"$KV.{s.IDEMPOTENCY_BUCKET}.>",
+            f"{_JS}.DIRECT.GET.{s.IDEMPOTENCY_BUCKET_STREAM}.>",
             f"{_JS}.INFO",
             f"{_JS}.STREAM.INFO.*",
             f"{_JS}.STREAM.CREATE.*",

@@ -22,6 +22,8 @@ class StreamSettings(BaseModel):
     max_ack_pending: int = Field(10_000, ge=1)
     replicas: int = Field(1, ge=1, le=5)
     duplicate_window_s: float = Field(120.0, gt=0)
+    # How long an Idempotency-Key keeps answering with the job it first created.
+    idempotency_window_s: float = Field(24 * 3600, gt=0)
     max_msg_bytes: int = Field(8 * 1024 * 1024, gt=0)
 
 
@@ -76,6 +78,16 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             bucket=s.RUNS_BUCKET,
             history=1,
             ttl=settings.events_max_age_s,  # a run lives as long as its jobs' events
+            replicas=settings.replicas,
+            storage=api.StorageType.FILE,
+            direct=True,
+        )
+    )
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=s.IDEMPOTENCY_BUCKET,
+            history=1,
+            ttl=settings.idempotency_window_s,
             replicas=settings.replicas,
             storage=api.StorageType.FILE,
             direct=True,

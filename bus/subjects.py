@@ -22,6 +22,9 @@ WORKERS_CONSUMER = "workers"
 JOBS_BUCKET = "jobs"
 JOBS_BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
 RUNS_BUCKET = "runs"
+# Idempotency-Key -> the job it created, for the deduplication window.
+IDEMPOTENCY_BUCKET = "idempotency"
+IDEMPOTENCY_BUCKET_STREAM = f"KV_{IDEMPOTENCY_BUCKET}"
 # A job's cancel request, kept so that a worker fetching it later still sees it.
 CANCELS_BUCKET = "cancels"
 CANCELS_BUCKET_STREAM = f"KV_{CANCELS_BUCKET}"

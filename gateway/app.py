@@ -1,5 +1,6 @@
 """The gateway: jobs and runs in over HTTP, onto NATS; events back out over SSE."""
 
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from bus import (
 from gateway.auth import StreamTokens
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
 from gateway.runs_api import router as runs_router
 from gateway.schemas import JobAccepted, JobView, Readiness, RuntimesView, RuntimeView
@@ -91,16 +93,50 @@ def create_app(
             headers={"Retry-After": "5"},
         )
 
+    async def repeated(
+        request: Request, bus: GatewayBus, tenant: str, claim: Claim, held: Claim
+    ) -> JobAccepted:
+        """The answer to a repeated Idempotency-Key: the first job, or 422 if the body differs."""
+        if held.request_sha256 != claim.request_sha256:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "this Idempotency-Key was used for a different request; use a new key",
+            )
+        record = await owned_job(bus, held.job_id, tenant)
+        view = job_view(record, await bus.last_event(record), links(request, record))
+        return JobAccepted(
+            id=view.id,
+            run_id=view.run_id,
+            status=view.status,
+            url=view.url,
+            events_url=view.events_url,
+        )
+
     @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED)
     async def submit_job(
-        spec: JobSpec, request: Request, caller: Caller, bus: BusDep
+        spec: JobSpec,
+        request: Request,
+        caller: Caller,
+        bus: BusDep,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", max_length=MAX_KEY_CHARS)
+        ] = None,
     ) -> JobAccepted:
-        """Queue one job; watch it at `events_url`."""
+        """Queue one job; watch it at `events_url`. A repeated Idempotency-Key is one job."""
         check_spec(spec, settings)
         spec = with_default_limits(spec, settings)
+        job_id = new_job_id()
+        if idempotency_key is not None:
+            claim = Claim(
+                job_id=job_id,
+                request_sha256=hashlib.sha256(spec.model_dump_json().encode()).hexdigest(),
+            )
+            held = await bus.idempotency.claim(caller.tenant, idempotency_key, claim)
+            if held is not None:
+                return await repeated(request, bus, caller.tenant, claim, held)
         now = utc_now()
         record = JobRecord(
-            job_id=new_job_id(),
+            job_id=job_id,
             run_id=new_run_id(),
             tenant=caller.tenant,
             language=spec.language,
@@ -115,7 +151,12 @@ def create_app(
             spec=spec,
             submitted_at=now,
         )
-        await bus.submit(record, message)
+        try:
+            await bus.submit(record, message)
+        except BusUnavailableError:
+            if idempotency_key is not None:
+                await bus.idempotency.release(caller.tenant, idempotency_key)
+            raise
         new_links = links(request, record)
         return JobAccepted(
             id=record.job_id,

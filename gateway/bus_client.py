@@ -34,6 +34,7 @@ from bus import (
     publish_model,
 )
 from bus import subjects as s
+from gateway.idempotency import IdempotencyKeys
 from gateway.run_store import RunStore
 from gateway.workers_registry import WorkerRegistry
 
@@ -65,6 +66,7 @@ class GatewayBus:
         registry: WorkerRegistry,
         runs: RunStore,
         cancels: KeyValue,
+        idempotency: IdempotencyKeys,
     ):
         self._nc = nc
         self._js = js
@@ -72,6 +74,7 @@ class GatewayBus:
         self.registry = registry
         self.runs = runs
         self._cancels = cancels
+        self.idempotency = idempotency
 
     @property
     def js(self) -> JetStreamContext:
@@ -89,7 +92,8 @@ class GatewayBus:
         kv = await js.key_value(s.JOBS_BUCKET)
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
         cancels = await js.key_value(s.CANCELS_BUCKET)
-        bus = cls(nc, js, kv, registry, runs, cancels)
+        idempotency = IdempotencyKeys(await js.key_value(s.IDEMPOTENCY_BUCKET))
+        bus = cls(nc, js, kv, registry, runs, cancels, idempotency)
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
 
