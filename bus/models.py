@@ -109,10 +109,9 @@ class JobRecord(BaseModel):
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
-class CaseResult(BaseModel):
-    """The outcome of one test case; its output is cut to a preview to keep events small."""
+class _Outcome(BaseModel):
+    """How a program ended: shared by a whole job and each of its test cases."""
 
-    index: int = Field(ge=0)
     verdict: Verdict
     exit_code: int | None = None
     signal: str | None = None
@@ -124,7 +123,13 @@ class CaseResult(BaseModel):
     memory_peak_mb: float = 0.0
 
 
-class JobResult(BaseModel):
+class CaseResult(_Outcome):
+    """The outcome of one test case; its output is cut to a preview to keep events small."""
+
+    index: int = Field(ge=0)
+
+
+class JobResult(_Outcome):
     """The outcome of one attempt, as the worker saw it.
 
     With `tests`, the top-level fields describe the case that decided the verdict (the first
@@ -132,15 +137,6 @@ class JobResult(BaseModel):
     `tests` lists every case that ran, in order.
     """
 
-    verdict: Verdict
-    exit_code: int | None = None
-    signal: str | None = None
-    reason: str | None = None
-    stdout: str = ""
-    stderr: str = ""
-    wall_time_s: float = 0.0
-    cpu_time_s: float = 0.0
-    memory_peak_mb: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime
     tests: list[CaseResult] = Field(default_factory=list)

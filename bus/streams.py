@@ -63,46 +63,25 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             allow_direct=True,  # job status is one direct get of the job's last event
         ),
     )
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=s.JOBS_BUCKET,
-            history=1,
-            ttl=settings.events_max_age_s,  # a record lives as long as its job's events
-            replicas=settings.replicas,
-            storage=api.StorageType.FILE,
-            direct=True,
+    # Job records and runs live as long as their events; cancel requests too, so that a job
+    # fetched late still sees its own; Idempotency-Keys for their window.
+    buckets = {
+        s.JOBS_BUCKET: settings.events_max_age_s,
+        s.RUNS_BUCKET: settings.events_max_age_s,
+        s.CANCELS_BUCKET: settings.events_max_age_s,
+        s.IDEMPOTENCY_BUCKET: settings.idempotency_window_s,
+    }
+    for bucket, ttl_s in buckets.items():
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                ttl=ttl_s,
+                replicas=settings.replicas,
+                storage=api.StorageType.FILE,
+                direct=True,
+            )
         )
-    )
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=s.RUNS_BUCKET,
-            history=1,
-            ttl=settings.events_max_age_s,  # a run lives as long as its jobs' events
-            replicas=settings.replicas,
-            storage=api.StorageType.FILE,
-            direct=True,
-        )
-    )
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=s.IDEMPOTENCY_BUCKET,
-            history=1,
-            ttl=settings.idempotency_window_s,
-            replicas=settings.replicas,
-            storage=api.StorageType.FILE,
-            direct=True,
-        )
-    )
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=s.CANCELS_BUCKET,
-            history=1,
-            ttl=settings.events_max_age_s,
-            replicas=settings.replicas,
-            storage=api.StorageType.FILE,
-            direct=True,
-        )
-    )
     await js.add_consumer(
         s.JOBS_STREAM,
         api.ConsumerConfig(
