@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -32,7 +34,7 @@ class NatsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRUCIBLE_NATS_")
 
     url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
-    creds_file: Path | None = None  # JSON {"user", "password"}
+    creds_file: Path | None = None  # JSON written by `crucible creds`
     user: str | None = None
     password: SecretStr | None = None
     # nats-py retries the first connect forever when reconnects are unlimited: bound it, so a
@@ -42,10 +44,24 @@ class NatsSettings(BaseSettings):
     def credentials(self) -> ServiceCredentials | None:
         """The identity to connect with: the creds file wins over user/password."""
         if self.creds_file is not None:
-            return ServiceCredentials.model_validate_json(self.creds_file.read_text())
+            creds = ServiceCredentials.model_validate_json(self.creds_file.read_text())
+            return creds.relative_to(self.creds_file.parent)
         if self.user and self.password:
             return ServiceCredentials(user=self.user, password=self.password.get_secret_value())
         return None
+
+
+def _identity(creds: ServiceCredentials | None) -> dict[str, Any]:
+    """nats-py's connect arguments for one identity."""
+    if creds is None:
+        return {}
+    if creds.nkey_seed is not None:
+        return {"nkeys_seed_str": creds.nkey_seed}
+    if creds.tls_cert is not None and creds.tls_key is not None:
+        context = ssl.create_default_context(cafile=creds.tls_ca)
+        context.load_cert_chain(creds.tls_cert, creds.tls_key)
+        return {"tls": context}
+    return {"user": creds.user, "password": creds.password}
 
 
 async def _log_error(exc: Exception) -> None:
@@ -58,19 +74,17 @@ async def connect(
     name: str,
     error_cb: ErrorCallback | None = None,
 ) -> NATS:
-    """Connect as `service` (gateway, worker) and keep reconnecting forever once connected."""
-    creds = settings.credentials()
+    """Connect as `service` (gateway, worker, debug); keep reconnecting forever once connected."""
     try:
         connecting = nats.connect(
             servers=settings.url.split(","),
             name=name,
-            user=creds.user if creds else None,
-            password=creds.password if creds else None,
             inbox_prefix=inbox_prefix(service),
             connect_timeout=_CONNECT_TIMEOUT_S,
             reconnect_time_wait=_RECONNECT_WAIT_S,
             max_reconnect_attempts=-1,
             error_cb=error_cb or _log_error,
+            **_identity(settings.credentials()),
         )
         return await asyncio.wait_for(connecting, settings.connect_deadline_s)
     except Exception as exc:  # nats-py raises several unrelated types here

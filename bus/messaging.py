@@ -9,7 +9,7 @@ from nats.js import JetStreamContext, api
 from opentelemetry.context import Context
 from pydantic import BaseModel
 
-from bus.errors import BusUnavailableError
+from bus.errors import BusUnavailableError, QueueFullError, is_queue_full
 from bus.models import JOB_EVENT, JobEvent
 from observability.propagation import extract_context, inject_headers
 
@@ -32,6 +32,8 @@ async def publish_model(
             subject, model.model_dump_json().encode(), headers=headers, timeout=_PUBLISH_TIMEOUT_S
         )
     except (TimeoutError, NatsError) as exc:
+        if is_queue_full(exc):
+            raise QueueFullError(f"the queue on {subject} is full") from exc
         raise BusUnavailableError(f"could not store a message on {subject}: {exc!r}") from exc
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, model_validator
 
 
 def utc_now() -> datetime:
@@ -88,7 +89,7 @@ class JobSpec(BaseModel):
 
 
 class JobMessage(BaseModel):
-    """A job on `crucible.jobs.<job>`: the spec plus who asked and when."""
+    """A job on `crucible.jobs.<tenant>`: the spec plus who asked and when."""
 
     job_id: str
     run_id: str
@@ -206,7 +207,39 @@ class WorkerHeartbeat(BaseModel):
 
 
 class ServiceCredentials(BaseModel):
-    """One service's NATS identity, as `crucible up` writes it (file mode 0600)."""
+    """One service's NATS identity, as `crucible creds` writes it (file mode 0600): a user and
+    password, an nkey seed, or a client certificate (paths relative to the file's directory).
+    """
 
-    user: str
-    password: str
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = None
+    password: str | None = None
+    nkey_seed: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> ServiceCredentials:
+        forms = [
+            self.user is not None and self.password is not None,
+            self.nkey_seed is not None,
+            None not in (self.tls_cert, self.tls_key, self.tls_ca),
+        ]
+        if sum(forms) != 1:
+            raise ValueError(
+                "credentials need exactly one of: user and password, nkey_seed, "
+                "or tls_cert, tls_key and tls_ca"
+            )
+        return self
+
+    def relative_to(self, directory: Path) -> ServiceCredentials:
+        """The same identity with certificate paths resolved against `directory`."""
+        return self.model_copy(
+            update={
+                name: directory / path
+                for name in ("tls_cert", "tls_key", "tls_ca")
+                if (path := getattr(self, name)) is not None
+            }
+        )

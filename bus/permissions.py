@@ -76,4 +76,51 @@ def gateway_permissions() -> Permissions:
     )
 
 
-SERVICE_PERMISSIONS = {"gateway": gateway_permissions, "worker": worker_permissions}
+# Streams an operator may replay with ephemeral consumers. JOBS is left out: it is a work
+# queue, where a second consumer is refused anyway and an ack would remove a job.
+_READABLE_STREAMS = (
+    s.EVENTS_STREAM,
+    s.AUDIT_STREAM,
+    s.JOBS_BUCKET_STREAM,
+    s.RUNS_BUCKET_STREAM,
+    s.CANCELS_BUCKET_STREAM,
+)
+
+
+def debug_permissions() -> Permissions:
+    """An operator's `nats` CLI and `crucible audit tail`: read everything, change nothing.
+
+    It may create ephemeral consumers (reading a stream needs one) but never delete one, and
+    may publish nothing on Crucible's own subjects.
+    """
+    replay = []
+    for stream in _READABLE_STREAMS:
+        replay += [
+            f"{_JS}.CONSUMER.CREATE.{stream}",
+            f"{_JS}.CONSUMER.CREATE.{stream}.>",
+            f"$JS.FC.{stream}.>",
+            f"$JS.ACK.{stream}.>",
+        ]
+    return Permissions(
+        publish=[
+            f"{_JS}.INFO",
+            f"{_JS}.STREAM.NAMES",
+            f"{_JS}.STREAM.LIST",
+            f"{_JS}.STREAM.INFO.*",
+            f"{_JS}.STREAM.MSG.GET.*",
+            f"{_JS}.DIRECT.GET.>",
+            f"{_JS}.CONSUMER.NAMES.*",
+            f"{_JS}.CONSUMER.LIST.*",
+            f"{_JS}.CONSUMER.INFO.*.*",
+            *replay,
+        ],
+        # The `nats` CLI replies on `_INBOX.>`; no service uses it (each has its own prefix).
+        subscribe=[f"{s.PREFIX}.>", "_INBOX.>", f"{s.inbox_prefix('debug')}.>"],
+    )
+
+
+SERVICE_PERMISSIONS = {
+    "gateway": gateway_permissions,
+    "worker": worker_permissions,
+    "debug": debug_permissions,
+}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 
-from bus.errors import BusUnavailableError
+from bus.errors import BusUnavailableError, QueueFullError, is_queue_full
 
 _WINDOW = 1000  # below nats-py's 4,000 pending async publishes, so one batch never stalls
 _ACK_TIMEOUT_S = 10.0
@@ -46,6 +46,10 @@ async def _publish_window(js: JetStreamContext, window: Sequence[Outgoing]) -> l
     done, pending = await asyncio.wait(futures, timeout=_ACK_TIMEOUT_S)
     for future in pending:
         future.cancel()
+    for message, future in zip(window, futures, strict=True):
+        if future in done and not future.cancelled() and is_queue_full(future.exception()):
+            # Sending it again cannot help: the tenant's queue is at its cap.
+            raise QueueFullError(f"the queue on {message.subject} is full")
     return [
         message
         for message, future in zip(window, futures, strict=True)

@@ -1,4 +1,4 @@
-"""JetStream layout: JOBS (work queue) and its `workers` consumer, EVENTS, two KV buckets."""
+"""JetStream layout: JOBS (work queue) and its `workers` consumer, EVENTS, AUDIT, KV buckets."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ class StreamSettings(BaseModel):
     # How long an Idempotency-Key keeps answering with the job it first created.
     idempotency_window_s: float = Field(24 * 3600, gt=0)
     max_msg_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # A tenant's unfinished (queued or running) jobs; beyond it a submission gets 429. The
+    # server enforces it, on the tenant's JOBS subject, for every gateway at once.
+    max_queued_per_tenant: int = Field(100_000, ge=1)
+    audit_max_age_s: float = Field(90 * _DAY_S, gt=0)
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -44,6 +48,9 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             subjects=[s.JOBS_ALL],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
+            max_msgs_per_subject=settings.max_queued_per_tenant,
+            discard=api.DiscardPolicy.NEW,
+            discard_new_per_subject=True,
             num_replicas=settings.replicas,
             duplicate_window=settings.duplicate_window_s,
             max_msg_size=settings.max_msg_bytes,
@@ -61,6 +68,17 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             duplicate_window=settings.duplicate_window_s,
             max_msg_size=settings.max_msg_bytes,
             allow_direct=True,  # job status is one direct get of the job's last event
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=s.AUDIT_STREAM,
+            subjects=[s.AUDIT_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=settings.audit_max_age_s,
+            num_replicas=settings.replicas,
         ),
     )
     # Job records and runs live as long as their events; cancel requests too, so that a job

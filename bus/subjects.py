@@ -2,7 +2,7 @@
 
 | subject                        | stream   | from -> to                               |
 |--------------------------------|----------|------------------------------------------|
-| crucible.jobs.<job>            | JOBS     | gateway -> workers (work queue)          |
+| crucible.jobs.<tenant>         | JOBS     | gateway -> workers (work queue)          |
 | crucible.events.<run>.<job>    | EVENTS   | workers -> gateway (SSE, job status)     |
 | crucible.cancel.<job>          | -        | gateway -> workers (core NATS)           |
 | crucible.workers.<worker>      | -        | workers -> gateway (heartbeats)          |
@@ -18,6 +18,7 @@ PREFIX = "crucible"
 
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
+AUDIT_STREAM = "AUDIT"
 WORKERS_CONSUMER = "workers"
 JOBS_BUCKET = "jobs"
 JOBS_BUCKET_STREAM = f"KV_{JOBS_BUCKET}"
@@ -40,9 +41,10 @@ WORKERS_ALL = f"{PREFIX}.workers.>"
 AUDIT_ALL = f"{PREFIX}.audit.>"
 
 
-def job_subject(job_id: str) -> str:
-    """Where a job is enqueued."""
-    return f"{PREFIX}.jobs.{job_id}"
+def job_subject(tenant: str) -> str:
+    """Where a tenant's jobs are enqueued: one subject per tenant, so that the server itself
+    caps a tenant's queue (`max_msgs_per_subject`). The job id is in the message."""
+    return f"{PREFIX}.jobs.{tenant}"
 
 
 def events_subject(run_id: str, job_id: str) -> str:
@@ -78,6 +80,19 @@ def run_chunk_key(tenant: str, run_id: str, index: int) -> str:
 def tenant_runs_subject(tenant: str) -> str:
     """Every run record of one tenant (chunk keys have one token more, so do not match)."""
     return f"$KV.{RUNS_BUCKET}.{tenant_token(tenant)}.*"
+
+
+# Audit records of requests that named no valid key (tenant names cannot start with `_`).
+ANONYMOUS_AUDIT = "_anonymous"
+
+
+def audit_subject(tenant: str | None) -> str:
+    """Where the gateway records what one tenant's callers did and what was refused them.
+
+    Tenant names are subject-safe (the keys file allows letters, digits, `-` and `_`), so the
+    subject stays readable for `nats sub 'crucible.audit.>'`.
+    """
+    return f"{PREFIX}.audit.{tenant or ANONYMOUS_AUDIT}"
 
 
 def cancel_key_subject(job_id: str) -> str:

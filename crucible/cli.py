@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from crucible.admin_cli import register as register_admin_commands
+from crucible.creds import AuthMode
 from crucible.orphan import exit_with_parent, parent_pid_from_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -45,6 +47,9 @@ def up(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     worker_concurrency: Annotated[int, typer.Option(help="jobs at once per worker")] = 1,
     log_format: LogFormat = "json",
+    nats_auth: Annotated[
+        AuthMode, typer.Option(help="services' NATS identities: nkey, password or tls")
+    ] = AuthMode.NKEY,
 ) -> None:
     """Run the whole stack locally: nats-server, the gateway and workers."""
     from pathlib import Path
@@ -63,6 +68,7 @@ def up(
         state_dir=Path(state_dir),
         api_key=os.environ.get("CRUCIBLE_API_KEY") or None,
         log_format=log_format,
+        nats_auth=nats_auth,
     )
     raise typer.Exit(asyncio.run(run_stack(options)))
 
@@ -223,6 +229,9 @@ def eval_samples(
     raise typer.Exit(
         run_eval(sample_file, k, timeout, problem_file, ignore_incomplete, demo, url, api_key)
     )
+
+
+register_admin_commands(app)
 
 
 def main() -> None:

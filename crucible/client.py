@@ -6,7 +6,9 @@ themselves after a dropped connection (with `Last-Event-ID`, so nothing is lost 
         print(job.verdict, job.stdout)
 
 `Client` is synchronous, `AsyncClient` the same API for asyncio. The URL and key default to
-`CRUCIBLE_URL` and `CRUCIBLE_API_KEY`.
+`CRUCIBLE_URL` and `CRUCIBLE_API_KEY`. A request refused with 429 (rate limit, queue full) or
+503 (bus down), which store nothing, is sent again after its `Retry-After`, for up to five
+minutes in all.
 
 Errors::
 
@@ -17,6 +19,8 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import httpx
@@ -35,6 +39,7 @@ from crucible.client_base import (
     is_job_end,
     is_run_end,
     merge_accepted,
+    retry_delay,
 )
 from gateway.run_schemas import RunAccepted, RunList, RunProgress, RunView
 from gateway.schemas import JobAccepted, JobView
@@ -72,11 +77,17 @@ class Client:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
-            raise CrucibleError(f"{method} {path}: {exc!r}") from exc
-        return check(response)
+        waited_s = 0.0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            except httpx.HTTPError as exc:
+                raise CrucibleError(f"{method} {path}: {exc!r}") from exc
+            delay = retry_delay(response, waited_s, self.config.retry_budget_s)
+            if delay is None:
+                return check(response)
+            time.sleep(delay)
+            waited_s += delay
 
     # Jobs
 
@@ -207,11 +218,17 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
-            raise CrucibleError(f"{method} {path}: {exc!r}") from exc
-        return check(response)
+        waited_s = 0.0
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            except httpx.HTTPError as exc:
+                raise CrucibleError(f"{method} {path}: {exc!r}") from exc
+            delay = retry_delay(response, waited_s, self.config.retry_budget_s)
+            if delay is None:
+                return check(response)
+            await asyncio.sleep(delay)
+            waited_s += delay
 
     async def submit(self, spec: JobSpec) -> JobAccepted:
         body = spec.model_dump(mode="json", exclude_unset=True)

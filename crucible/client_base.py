@@ -21,6 +21,10 @@ _DEFAULT_URL = "http://127.0.0.1:8080"
 _STREAM_READ_TIMEOUT_S = 60.0
 _MAX_RECONNECTS = 10
 _MAX_BACKOFF_S = 5.0
+_RETRY_BUDGET_S = 300.0
+# Answers that promise nothing was stored: the same request may simply be sent again.
+_RETRYABLE = {429, 503}
+_DEFAULT_RETRY_AFTER_S = 1.0
 # Well under the gateway's default 64 MiB for a run body; larger runs go in several requests.
 _MAX_BATCH_BYTES = 16 * 1024 * 1024
 
@@ -52,6 +56,8 @@ class ClientConfig(BaseModel):
     timeout_s: float
     max_reconnects: int = _MAX_RECONNECTS
     max_batch_bytes: int = _MAX_BATCH_BYTES
+    # How long, in all, one call may wait on 429 and 503 answers before giving up.
+    retry_budget_s: float = _RETRY_BUDGET_S
 
     @classmethod
     def create(cls, url: str | None, api_key: str | None, timeout_s: float) -> ClientConfig:
@@ -99,6 +105,16 @@ def is_run_end(event: Event) -> bool:
         return False
     progress = event.progress()
     return progress.done >= progress.total
+
+
+def retry_delay(response: httpx.Response, waited_s: float, budget_s: float) -> float | None:
+    """How long to wait before sending a refused request again (its `Retry-After`), or None
+    when it is not worth retrying: another error, or the budget would be exceeded."""
+    if response.status_code not in _RETRYABLE:
+        return None
+    header = response.headers.get("retry-after", "")
+    delay = float(header) if header.isdigit() else _DEFAULT_RETRY_AFTER_S
+    return delay if waited_s + delay <= budget_s else None
 
 
 def check(response: httpx.Response) -> httpx.Response:

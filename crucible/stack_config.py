@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from crucible.local_keys import write_local_api_key
+from crucible.api_keys import write_local_api_key
 from crucible.natsconf import write_nats_config
 from crucible.tls import make_certs
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
-from crucible.local_keys import write_local_api_key
+from crucible.api_keys import write_local_api_key
+from crucible.creds import AuthMode
 from crucible.natsconf import NatsLayout, write_nats_config
 from crucible.supervisor import Child, Supervisor
 
@@ -33,6 +34,7 @@ class UpOptions(BaseModel):
     state_dir: Path = Path(".crucible")
     api_key: str | None = None
     log_format: str = "json"
+    nats_auth: AuthMode = AuthMode.NKEY
 
 
 def nats_server_binary() -> str:
@@ -129,7 +131,9 @@ async def _wait_ready(url: str, supervisor: Supervisor) -> bool:
 async def run_stack(options: UpOptions) -> int:
     """Start everything, print where it is, and run until Ctrl-C or SIGTERM."""
     options.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    layout = write_nats_config(options.state_dir, options.nats_port, options.host)
+    layout = write_nats_config(
+        options.state_dir, options.nats_port, options.host, auth=options.nats_auth
+    )
     api_key = options.api_key or secrets.token_urlsafe(24)
     keys_file = write_local_api_key(options.state_dir, api_key)
     supervisor = Supervisor()

@@ -22,11 +22,14 @@ from bus import (
     new_run_id,
     utc_now,
 )
+from gateway.audit import AuditMiddleware, audit_facts
 from gateway.auth import StreamTokens
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
 from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
+from gateway.rate_limit import RateLimiter
 from gateway.runs_api import router as runs_router
 from gateway.schemas import JobAccepted, JobView, Readiness, RuntimesView, RuntimeView
 from gateway.security import BusDep, Caller, resume_position, stream_principal
@@ -62,18 +65,21 @@ def create_app(
         finally:
             await app.state.bus.close()
 
-    app = FastAPI(title="Crucible", version="1", lifespan=lifespan)
+    app = FastAPI(title="Crucible", version="1", lifespan=lifespan, responses=ERROR_RESPONSES)
+    install_error_handlers(app)
     app.state.keys = keys
     app.state.tokens = tokens
     app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.rate_limit)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         # A run carries up to 10,000 programs in one body.
         larger_limits={"/v1/runs": settings.max_run_body_bytes},
     )
+    app.add_middleware(AuditMiddleware)  # outermost of ours: sees the body limit's 413s too
     instrument_app(app)
-    app.include_router(runs_router)
+    app.include_router(runs_router, responses=ERROR_RESPONSES)
 
     def links(request: Request, record: JobRecord) -> JobLinks:
         return job_links(str(request.base_url), tokens, record)
@@ -84,14 +90,6 @@ def create_app(
         if record is None or record.tenant != tenant:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
         return record
-
-    @app.exception_handler(BusUnavailableError)
-    async def bus_unavailable(request: Request, exc: BusUnavailableError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"the job bus is unavailable, nothing was stored; retry later ({exc})"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
 
     async def repeated(
         request: Request, bus: GatewayBus, tenant: str, claim: Claim, held: Claim
@@ -133,6 +131,7 @@ def create_app(
             )
             held = await bus.idempotency.claim(caller.tenant, idempotency_key, claim)
             if held is not None:
+                audit_facts(request).job_id = held.job_id
                 return await repeated(request, bus, caller.tenant, claim, held)
         now = utc_now()
         record = JobRecord(
@@ -144,6 +143,8 @@ def create_app(
             trace_id=current_trace_id(),
             metadata=spec.metadata,
         )
+        facts = audit_facts(request)
+        facts.job_id, facts.run_id = record.job_id, record.run_id
         message = JobMessage(
             job_id=record.job_id,
             run_id=record.run_id,
@@ -152,6 +153,7 @@ def create_app(
             submitted_at=now,
         )
         try:
+            await bus.check_room(caller.tenant, 1)  # so that a full queue writes nothing
             await bus.submit(record, message)
         except BusUnavailableError:
             if idempotency_key is not None:
@@ -172,7 +174,11 @@ def create_app(
         record = await owned_job(bus, job_id, caller.tenant)
         return job_view(record, await bus.last_event(record), links(request, record))
 
-    @app.post("/v1/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+    @app.post(
+        "/v1/jobs/{job_id}/cancel",
+        status_code=status.HTTP_202_ACCEPTED,
+        responses=ALREADY_FINISHED,
+    )
     async def cancel_job(job_id: str, request: Request, caller: Caller, bus: BusDep) -> JobView:
         """Cancel a queued or running job; it finishes as `cancelled` (409 once finished)."""
         record = await owned_job(bus, job_id, caller.tenant)

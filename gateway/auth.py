@@ -8,7 +8,7 @@ import hmac
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Principal(BaseModel):
@@ -18,12 +18,17 @@ class Principal(BaseModel):
     key_id: str
 
 
+# Tenant names appear in NATS subjects (`crucible.jobs.<tenant>`, `crucible.audit.<tenant>`):
+# letters, digits, `-` and `_`, not starting with `_` (kept for Crucible's own tokens).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
 class ApiKeyEntry(BaseModel):
     """One key as stored: only its SHA-256, never the key itself."""
 
-    key_id: str
-    tenant: str
-    sha256: str
+    key_id: str = Field(min_length=1, max_length=64)
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class ApiKeysFile(BaseModel):

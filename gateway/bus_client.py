@@ -25,6 +25,7 @@ from bus import (
     JobMessage,
     JobRecord,
     NatsSettings,
+    QueueFullError,
     StreamSettings,
     WorkerHeartbeat,
     connect,
@@ -67,7 +68,9 @@ class GatewayBus:
         runs: RunStore,
         cancels: KeyValue,
         idempotency: IdempotencyKeys,
+        max_queued_per_tenant: int,
     ):
+        self._max_queued = max_queued_per_tenant
         self._nc = nc
         self._js = js
         self._kv = kv
@@ -93,7 +96,7 @@ class GatewayBus:
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
         cancels = await js.key_value(s.CANCELS_BUCKET)
         idempotency = IdempotencyKeys(await js.key_value(s.IDEMPOTENCY_BUCKET))
-        bus = cls(nc, js, kv, registry, runs, cancels, idempotency)
+        bus = cls(nc, js, kv, registry, runs, cancels, idempotency, streams.max_queued_per_tenant)
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
 
@@ -127,7 +130,7 @@ class GatewayBus:
             await self._kv.put(record.job_id, record.model_dump_json().encode())
         except Exception as exc:
             raise BusUnavailableError(f"could not store job {record.job_id}: {exc!r}") from exc
-        subject = s.job_subject(record.job_id)
+        subject = s.job_subject(record.tenant)
         with tracer.start_as_current_span(
             f"publish {s.JOBS_STREAM}",
             kind=SpanKind.PRODUCER,
@@ -141,11 +144,38 @@ class GatewayBus:
         ):
             try:
                 await publish_model(self._js, subject, message, msg_id=record.job_id)
-            except BusUnavailableError:
+            except BusUnavailableError as exc:
                 # Nothing half-written: a record without a queued job would read as "queued"
                 # forever. If even the delete fails, the record expires with the bucket's TTL.
                 await asyncio.shield(self._forget(record.job_id))
+                if isinstance(exc, QueueFullError):
+                    raise QueueFullError(
+                        f"tenant {record.tenant} already has {self._max_queued} unfinished "
+                        "jobs, its cap: wait for some to finish"
+                    ) from exc
                 raise
+
+    async def unfinished(self, tenant: str) -> int:
+        """How many of the tenant's jobs are queued or running (still in the work queue)."""
+        subject = s.job_subject(tenant)
+        try:
+            info = await self._js.stream_info(s.JOBS_STREAM, subjects_filter=subject)
+        except Exception as exc:
+            raise BusUnavailableError(f"cannot read the {s.JOBS_STREAM} stream: {exc!r}") from exc
+        return (info.state.subjects or {}).get(subject, 0)
+
+    async def check_room(self, tenant: str, jobs: int) -> None:
+        """Refuse a batch up front when it cannot fit in the tenant's queue.
+
+        The server refuses each job beyond the cap anyway; checking first keeps a large run
+        from being cut off part way.
+        """
+        queued = await self.unfinished(tenant)
+        if queued + jobs > self._max_queued:
+            raise QueueFullError(
+                f"tenant {tenant} has {queued} unfinished jobs; {jobs} more would pass the "
+                f"cap of {self._max_queued}: wait for some to finish, or submit fewer"
+            )
 
     async def _forget(self, job_id: str) -> None:
         try:

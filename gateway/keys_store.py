@@ -9,19 +9,21 @@ from gateway.auth import ApiKeys, Principal
 
 
 class ApiKeysStore:
-    """Holds the current keys; one `stat` per lookup notices an edited file."""
+    """Holds the current keys; one `stat` per lookup notices an edited or replaced file."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._mtime_ns = -1
+        self._version: tuple[int, int, int] | None = None
         self._keys = ApiKeys([])
 
     def load(self) -> None:
         """(Re)read the file when it changed; raises when it is missing or malformed."""
-        mtime_ns = self._path.stat().st_mtime_ns
-        if mtime_ns != self._mtime_ns:
+        info = self._path.stat()
+        # Editors and `crucible keys` replace the file: a new inode, even within one mtime tick.
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if version != self._version:
             self._keys = ApiKeys.load(self._path)
-            self._mtime_ns = mtime_ns
+            self._version = version
 
     def authenticate(self, key: str) -> Principal | None:
         # A file being rewritten or briefly missing: keep serving the keys we had.

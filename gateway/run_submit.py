@@ -120,7 +120,7 @@ async def enqueue(bus: GatewayBus, tenant: str, chunk: RunChunk, jobs: PreparedJ
         headers = inject_headers()  # every job of the batch joins the submission's trace
         queued = [
             Outgoing(
-                subject=s.job_subject(message.job_id),
+                subject=s.job_subject(message.tenant),
                 payload=message.model_dump_json().encode(),
                 msg_id=message.job_id,
                 headers=headers,

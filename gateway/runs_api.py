@@ -20,6 +20,7 @@ from bus import (
     utc_now,
 )
 from bus import subjects as s
+from gateway.audit import audit_facts
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.consumers import last_per_subject
 from gateway.passk import DEFAULT_KS
@@ -91,7 +92,10 @@ async def submit_run(
 ) -> RunAccepted:
     """Queue up to 10,000 jobs as one run; append more with `POST /v1/runs/{id}/jobs`."""
     run_id = new_run_id()
+    facts = audit_facts(request)
+    facts.run_id, facts.jobs = run_id, len(body.jobs)
     jobs = prepare_jobs(body.jobs, run_id, caller.tenant, settings)
+    await bus.check_room(caller.tenant, len(jobs.records))
     record = RunRecord(
         run_id=run_id,
         tenant=caller.tenant,
@@ -122,8 +126,10 @@ async def append_jobs(
     tokens: TokensDep,
 ) -> RunAccepted:
     """Add up to 10,000 more jobs to a run (its `metadata` is not changed)."""
+    audit_facts(request).jobs = len(body.jobs)
     await _owned_run(bus, run_id, caller.tenant)
     jobs = prepare_jobs(body.jobs, run_id, caller.tenant, settings)
+    await bus.check_room(caller.tenant, len(jobs.records))
     record = await bus.runs.reserve_chunk(caller.tenant, run_id, len(jobs.records))
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")

@@ -10,9 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
+from gateway.audit import audit_facts
 from gateway.auth import Principal, StreamTokens
 from gateway.bus_client import GatewayBus
 from gateway.keys_store import ApiKeysStore
+from gateway.rate_limit import RateLimiter, retry_after_header
 from gateway.settings import GatewaySettings
 
 # The smallest stream id: a job stream's `queued` event, a run stream's first `progress`.
@@ -38,11 +40,27 @@ def bearer(keys: ApiKeysStore, authorization: str | None) -> Principal:
     return principal
 
 
+def _admitted(request: Request, principal: Principal) -> Principal:
+    """Record who is calling (for the audit log) and spend one request of their rate limit."""
+    facts = audit_facts(request)
+    facts.principal = principal
+    limiter: RateLimiter = request.app.state.limiter
+    wait_s = limiter.take(f"{principal.tenant}/{principal.key_id}")
+    if wait_s > 0:
+        facts.rate_limited = True
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"rate limit of key {principal.key_id} exceeded: retry in {wait_s:.1f} s",
+            headers={"Retry-After": retry_after_header(wait_s)},
+        )
+    return principal
+
+
 def api_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     keys: ApiKeysStore = request.app.state.keys
-    return bearer(keys, authorization)
+    return _admitted(request, bearer(keys, authorization))
 
 
 def stream_principal(
@@ -54,9 +72,9 @@ def stream_principal(
         caller = tokens.verify(token, scope)
         if caller is None:
             raise unauthorized("invalid or expired stream token: get a fresh events_url")
-        return caller
+        return _admitted(request, caller)
     keys: ApiKeysStore = request.app.state.keys
-    return bearer(keys, authorization)
+    return _admitted(request, bearer(keys, authorization))
 
 
 def resume_position(header: str | None, query: str | None) -> int | None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus import Limits, StreamSettings
+from gateway.rate_limit import RateLimitSettings
 
 
 class LimitCeilings(BaseModel):
@@ -44,3 +45,4 @@ class GatewaySettings(BaseSettings):
     # A worker not heard from for this long no longer counts towards readiness.
     worker_stale_after_s: float = Field(10.0, gt=0)
     sse_ping_s: float = Field(15.0, gt=0)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from bus import NatsSettings
+from crucible.creds import AuthMode
 from crucible.natsconf import NatsLayout, write_nats_config
 from crucible.up import nats_server_binary
 
@@ -50,9 +53,9 @@ class NatsServer:
         self.process.wait(10)
 
 
-def start_nats(state_dir: Path) -> NatsServer:
+def start_nats(state_dir: Path, auth: AuthMode = AuthMode.NKEY) -> NatsServer:
     """A real nats-server with Crucible's config: JetStream and per-service identities."""
-    layout = write_nats_config(state_dir, free_port())
+    layout = write_nats_config(state_dir, free_port(), auth=auth)
     log_file = state_dir / "nats.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -76,6 +79,29 @@ class Stack:
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.api_key}"}
+
+    def processes(self, needle: str) -> list[int]:
+        """Pids of this stack's processes whose command line contains `needle`."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if needle in cmdline and f"CRUCIBLE_PARENT_PID={self.process.pid}".encode() in environ:
+                found.append(int(entry.name))
+        return found
+
+    def nats(self, service: str = "debug") -> NatsSettings:
+        """How to reach this stack's NATS as `service` (default: the read-only identity)."""
+        port = json.loads((self.state_dir / "nats.conf").read_text())["port"]
+        return NatsSettings(
+            url=f"nats://127.0.0.1:{port}",
+            creds_file=self.state_dir / "creds" / f"{service}.json",
+        )
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from bus import NatsSettings, StreamSettings, connect, ensure_streams
 from bus import subjects as s
+from tests.bus.violations import Violations
 from tests.stack import NatsServer
-
-
-class Violations:
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    async def on_error(self, exc: Exception) -> None:
-        self.errors.append(str(exc))
-
-    async def wait_for(self, fragment: str) -> None:
-        for _ in range(100):
-            # nats-py lower-cases the subject in its error text.
-            if any(fragment.lower() in error.lower() for error in self.errors):
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no violation mentioning {fragment!r}; saw {self.errors}")
 
 
 def settings(server: NatsServer, service: str) -> NatsSettings:
@@ -61,6 +44,23 @@ async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer) -> None:
         ("gateway", "subscribe", s.inbox_prefix("worker") + ".>"),
         ("gateway", "publish", "$JS.API.STREAM.DELETE.EVENTS"),
         ("gateway", "publish", f"$JS.ACK.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}.1.1.1.1.1.0"),
+        ("gateway", "subscribe", s.AUDIT_ALL),
+        # The audit log is for operators: no worker reads it, live or stored.
+        ("worker", "subscribe", s.AUDIT_ALL),
+        ("worker", "publish", f"$JS.API.CONSUMER.CREATE.{s.AUDIT_STREAM}"),
+        ("worker", "publish", s.audit_subject("local")),
+        # debug reads everything and changes nothing.
+        ("debug", "publish", s.job_subject("local")),
+        ("debug", "publish", s.events_subject("r-1", "j-1")),
+        ("debug", "publish", s.audit_subject("local")),
+        ("debug", "publish", s.cancel_subject("j-1")),
+        ("debug", "publish", s.worker_subject("w-1")),
+        ("debug", "publish", f"$KV.{s.JOBS_BUCKET}.j-1"),
+        ("debug", "publish", f"$JS.API.STREAM.DELETE.{s.AUDIT_STREAM}"),
+        ("debug", "publish", f"$JS.API.STREAM.PURGE.{s.EVENTS_STREAM}"),
+        ("debug", "publish", f"$JS.API.CONSUMER.DELETE.{s.EVENTS_STREAM}.c1"),
+        ("debug", "publish", f"$JS.API.CONSUMER.CREATE.{s.JOBS_STREAM}"),
+        ("debug", "publish", f"$JS.ACK.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}.1.1.1.1.1.0"),
     ],
 )
 async def test_forbidden_actions_are_refused(
@@ -96,4 +96,24 @@ async def test_worker_can_fetch_ack_and_publish_events(nats_server: NatsServer) 
     assert (await gjs.stream_info(s.JOBS_STREAM)).state.messages == 0  # acked: gone
     assert violations.errors == []
     await worker.close()
+    await gateway.close()
+
+
+async def test_debug_reads_streams_and_live_traffic(nats_server: NatsServer) -> None:
+    gateway = await connect(settings(nats_server, "gateway"), "gateway", "g")
+    gjs = gateway.jetstream()
+    await ensure_streams(gjs, StreamSettings())
+    await gjs.publish(s.audit_subject("local"), b'{"action": "submit_job"}')
+    violations = Violations()
+    debug = await connect(settings(nats_server, "debug"), "debug", "d", violations.on_error)
+    djs = debug.jetstream()
+    assert (await djs.stream_info(s.AUDIT_STREAM)).state.messages == 1
+    stored = await djs.subscribe(s.AUDIT_ALL, stream=s.AUDIT_STREAM, ordered_consumer=True)
+    assert (await stored.next_msg(timeout=5)).data == b'{"action": "submit_job"}'
+    live = await debug.subscribe(f"{s.PREFIX}.>")
+    await debug.flush()
+    await gateway.publish(s.cancel_subject("j-1"), b"{}")
+    assert (await live.next_msg(timeout=5)).subject == s.cancel_subject("j-1")
+    assert violations.errors == []
+    await debug.close()
     await gateway.close()

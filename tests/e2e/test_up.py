@@ -14,22 +14,6 @@ from tests.sse_client import run_job
 from tests.stack import Stack, start_stack
 
 
-def processes_of(stack: Stack, needle: str) -> list[int]:
-    """Pids of processes under `crucible up` whose command line contains `needle`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and f"CRUCIBLE_PARENT_PID={stack.process.pid}".encode() in environ:
-            found.append(int(entry.name))
-    return found
-
-
 def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -48,13 +32,13 @@ def small_stack(tmp_path: Path) -> Iterator[Stack]:
 
 @pytest.mark.slow
 def test_workers_are_processes_restarted_when_they_die(small_stack: Stack) -> None:
-    workers = processes_of(small_stack, "crucible worker")
+    workers = small_stack.processes("crucible worker")
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     wait_until(
         lambda: (
-            len(processes_of(small_stack, "crucible worker")) == 2
-            and workers[0] not in processes_of(small_stack, "crucible worker")
+            len(small_stack.processes("crucible worker")) == 2
+            and workers[0] not in small_stack.processes("crucible worker")
         )
     )
     assert run_job(small_stack, {"language": "python", "code": "print(2)"})["verdict"] == "accepted"
@@ -62,7 +46,7 @@ def test_workers_are_processes_restarted_when_they_die(small_stack: Stack) -> No
 
 @pytest.mark.slow
 def test_sigterm_stops_everything_cleanly(small_stack: Stack) -> None:
-    children = processes_of(small_stack, "crucible") + processes_of(small_stack, "nats-server")
+    children = small_stack.processes("crucible") + small_stack.processes("nats-server")
     assert len(children) >= 4  # nats-server, gateway, two workers
     assert small_stack.stop() == 0
     assert "Crucible stopped" in small_stack.log()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
-from crucible.local_keys import write_local_api_key
-from gateway.auth import ApiKeyEntry, ApiKeysFile, hash_key
 from tests.sse_client import submit
 from tests.stack import Stack
+from tests.tenants import tenant_key
 
 OK_SPEC = {"language": "python", "code": "print(1)"}
 
@@ -55,21 +53,14 @@ def test_event_stream_needs_a_valid_token_for_that_job(stack: Stack) -> None:
 
 def test_another_tenants_job_is_404_everywhere(stack: Stack) -> None:
     theirs = submit(stack, OK_SPEC)
-    other_key = "other-tenant-key"
-    keys_file = stack.state_dir / "api-keys.json"
-    keys = ApiKeysFile.model_validate_json(keys_file.read_text())
-    keys.keys.append(ApiKeyEntry(key_id="o1", tenant="other", sha256=hash_key(other_key)))
-    time.sleep(0.01)  # a distinct mtime, so the gateway notices the new key without a restart
-    keys_file.write_text(keys.model_dump_json())
-    try:
-        mine = stack.headers(other_key)
+    with tenant_key(stack, "other", "o1") as mine:
         assert httpx.get(theirs["url"], headers=mine).status_code == 404
         assert httpx.get(f"{theirs['url']}/events", headers=mine).status_code == 404
+        cancel = httpx.post(f"{theirs['url']}/cancel", headers=mine)
+        assert cancel.status_code == 404
         missing = httpx.get(f"{stack.url}/v1/jobs/j-{'0' * 32}", headers=mine)
         assert missing.status_code == 404 and "not found" in missing.json()["detail"]
         assert httpx.get(f"{stack.url}/v1/jobs/not-an-id", headers=mine).status_code == 404
-    finally:
-        write_local_api_key(stack.state_dir, stack.api_key)
 
 
 def test_oversized_bodies_and_code_get_413(stack: Stack) -> None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from crucible.local_keys import write_local_api_key
-from gateway.auth import ApiKeyEntry, ApiKeysFile, hash_key
 from tests.e2e.runs_client import submit_run
 from tests.stack import Stack
+from tests.tenants import tenant_key
 
 OK = {"language": "python", "code": "print(1)"}
 
@@ -33,14 +31,8 @@ def run_count(stack: Stack) -> int:
 @pytest.fixture
 def other_tenant(stack: Stack) -> Iterator[dict[str, str]]:
     """Headers of a second tenant's key, added to the live keys file."""
-    key = "run-errors-other-tenant-key"
-    keys_file = stack.state_dir / "api-keys.json"
-    keys = ApiKeysFile.model_validate_json(keys_file.read_text())
-    keys.keys.append(ApiKeyEntry(key_id="o2", tenant="other", sha256=hash_key(key)))
-    time.sleep(0.01)  # a distinct mtime, so that the gateway re-reads the file
-    keys_file.write_text(keys.model_dump_json())
-    yield stack.headers(key)
-    write_local_api_key(stack.state_dir, stack.api_key)
+    with tenant_key(stack, "other", "o2") as headers:
+        yield headers
 
 
 @pytest.mark.parametrize(

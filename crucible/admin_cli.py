@@ -1,0 +1,125 @@
+"""Operator commands: NATS identities (`creds`), tenants' API keys (`keys`), the audit log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from crucible.api_keys import KEYS_FILE, add_key, read_keys, revoke_key
+from crucible.creds import AuthMode, write_credentials
+
+_AUTH_FILE = "authorization.conf"
+
+
+def creds(
+    out: Annotated[Path, typer.Option(help="directory to write into")] = Path(".crucible"),
+    mode: Annotated[
+        AuthMode, typer.Option(help="nkey (default), password (fallback), or tls (mutual TLS)")
+    ] = AuthMode.NKEY,
+    tls_hosts: Annotated[
+        str, typer.Option(help="tls: comma-separated names and addresses of the NATS server")
+    ] = "127.0.0.1,localhost",
+) -> None:
+    """Write one NATS identity per service (gateway, worker, debug) and nats-server's
+    authorization for them (`include` it from the server's config)."""
+    auth = write_credentials(out / "creds", mode, tuple(tls_hosts.split(",")))
+    config: dict[str, object] = {"authorization": {"users": auth.users}}
+    if auth.tls is not None:
+        config["tls"] = auth.tls
+    auth_file = out / _AUTH_FILE
+    auth_file.write_text(json.dumps(config, indent=2))
+    auth_file.chmod(0o600)
+    for service, path in auth.creds_files.items():
+        print(f"{service:8} CRUCIBLE_NATS_CREDS_FILE={path}")
+    print(f"nats-server: add `include {auth_file.resolve()}` to its config")
+    if mode is AuthMode.NKEY:
+        print(f"nats CLI (read-only): nats --nkey {out / 'creds' / 'debug.nk'} stream ls")
+    elif mode is AuthMode.TLS:
+        tls = out / "creds" / "tls"
+        print(
+            f"nats CLI (read-only): nats --tlscert {tls / 'debug.pem'} "
+            f"--tlskey {tls / 'debug-key.pem'} --tlsca {tls / 'ca.pem'} stream ls"
+        )
+
+
+KeysFile = Annotated[
+    Path,
+    typer.Option(
+        "--file", envvar="CRUCIBLE_API_KEYS_FILE", help="the gateway's keys file (watched live)"
+    ),
+]
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Tenants' API keys. The gateway notices changes at once: no restart. To rotate a "
+    "key: add a new one, move the clients over, revoke the old one.",
+)
+
+
+@keys_app.command("add")
+def keys_add(
+    tenant: Annotated[str, typer.Option(help="letters, digits, '-' and '_'")],
+    key_id: Annotated[str | None, typer.Option(help="a name for the key (default: random)")] = None,
+    file: KeysFile = Path(".crucible") / KEYS_FILE,
+) -> None:
+    """Create a key for a tenant and print it (once: only its hash is stored)."""
+    try:
+        key = add_key(file, tenant, key_id)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc.errors()[0]["msg"])) from None
+    print(key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, file: KeysFile = Path(".crucible") / KEYS_FILE) -> None:
+    """Revoke a key: requests with it get 401 from the next one on."""
+    removed = revoke_key(file, key_id)
+    if removed is None:
+        print(f"no key {key_id!r} in {file}", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"revoked {key_id} (tenant {removed.tenant})")
+
+
+@keys_app.command("list")
+def keys_list(file: KeysFile = Path(".crucible") / KEYS_FILE) -> None:
+    """Key ids and their tenants (the keys themselves are not stored)."""
+    for entry in read_keys(file).keys:
+        print(f"{entry.key_id}\t{entry.tenant}")
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The gateway's audit log (AUDIT stream).")
+
+
+@audit_app.command("tail")
+def audit_tail(
+    tenant: Annotated[
+        str | None, typer.Option(help="only this tenant's (_anonymous: failed logins)")
+    ] = None,
+    last: Annotated[int, typer.Option(help="start this many records back")] = 20,
+    since: Annotated[datetime | None, typer.Option(help="start at this time instead (UTC)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new ones")] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="JSON lines, for jq")] = False,
+    url: Annotated[str, typer.Option(envvar="CRUCIBLE_NATS_URL")] = "nats://127.0.0.1:4222",
+    creds_file: Annotated[
+        Path, typer.Option(envvar="CRUCIBLE_NATS_CREDS_FILE", help="a read-only identity")
+    ] = Path(".crucible/creds/debug.json"),
+) -> None:
+    """Print the audit log: submissions, cancels, failed logins, rate-limit refusals."""
+    from bus import NatsSettings
+    from crucible.audit_tail import run_tail
+
+    nats = NatsSettings(url=url, creds_file=creds_file)
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    raise typer.Exit(run_tail(nats, tenant, last, start, follow, json_lines))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator commands to the `crucible` command."""
+    app.command("creds")(creds)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(audit_app, name="audit")

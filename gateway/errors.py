@@ -1,0 +1,65 @@
+"""How bus failures reach clients: 503 when NATS is down, 429 when a tenant's queue is full.
+
+Both say that nothing was stored and when to retry (`Retry-After`), so clients can back off.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from bus import BusUnavailableError, QueueFullError
+
+_BUS_DOWN_RETRY_AFTER_S = 5
+# Jobs take seconds; by then some of the tenant's have finished and made room.
+_QUEUE_FULL_RETRY_AFTER_S = 10
+
+
+async def _bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the job bus is unavailable, nothing was stored; retry later ({exc})"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(_BUS_DOWN_RETRY_AFTER_S)},
+    )
+
+
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"too many unfinished jobs, nothing was stored: {exc}"},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(_QUEUE_FULL_RETRY_AFTER_S)},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BusUnavailableError, _bus_unavailable)
+    app.add_exception_handler(QueueFullError, _queue_full)
+
+
+class ErrorBody(BaseModel):
+    """Every error response: `detail` says what to fix (for a request that does not match the
+    schema, a list of the fields at fault, as FastAPI reports them)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+# Documented on every operation, so that the OpenAPI schema says what clients really get.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_401_UNAUTHORIZED: {"model": ErrorBody, "description": "no or bad API key"},
+    status.HTTP_404_NOT_FOUND: {"model": ErrorBody, "description": "no such job or run (yours)"},
+    status.HTTP_413_CONTENT_TOO_LARGE: {"model": ErrorBody, "description": "body or code too big"},
+    status.HTTP_422_UNPROCESSABLE_CONTENT: {"model": ErrorBody, "description": "invalid request"},
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        "model": ErrorBody,
+        "description": "rate limit or queue cap reached; see Retry-After",
+    },
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "model": ErrorBody,
+        "description": "the job bus is down; nothing was stored; see Retry-After",
+    },
+}
+
+ALREADY_FINISHED: dict[int | str, dict[str, Any]] = {
+    status.HTTP_409_CONFLICT: {"model": ErrorBody, "description": "the job already finished"}
+}
