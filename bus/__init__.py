@@ -7,7 +7,7 @@ Errors::
 """
 
 from bus.connection import MAX_PAYLOAD_BYTES, NatsSettings, connect
-from bus.errors import BusError, BusUnavailableError, QueueFullError
+from bus.errors import BusError, BusUnavailableError, QueueFullError, SupersededError
 from bus.ids import is_valid_id, new_job_id, new_run_id
 from bus.messaging import decode_event, message_context, publish_model
 from bus.models import (
@@ -67,6 +67,7 @@ __all__ = [
     "StartedEvent",
     "Status",
     "StreamSettings",
+    "SupersededError",
     "Verdict",
     "WorkerHeartbeat",
     "connect",

@@ -17,12 +17,28 @@ class QueueFullError(BusUnavailableError):
     """
 
 
-# nats-server's answer to a publish beyond `max_msgs_per_subject` with `discard_new_per_subject`.
+# nats-server's answers to a publish beyond `max_msgs_per_subject` (with
+# `discard_new_per_subject`) and beyond `max_msgs` (with `discard: new`).
 _STORE_FAILED = 10077
-_PER_SUBJECT_LIMIT = "maximum messages per subject exceeded"
+_LIMITS = ("maximum messages per subject exceeded", "maximum messages exceeded")
 
 
 def is_queue_full(exc: BaseException | None) -> bool:
-    """Whether JetStream refused a publish because the subject's queue is at its cap."""
+    """Whether JetStream refused a publish because a queue (a tenant's, or all) is full."""
     description = getattr(exc, "description", None) or ""
-    return getattr(exc, "err_code", None) == _STORE_FAILED and _PER_SUBJECT_LIMIT in description
+    return getattr(exc, "err_code", None) == _STORE_FAILED and any(
+        limit in description for limit in _LIMITS
+    )
+
+
+class SupersededError(BusError):
+    """Another attempt at the same job stored an event since this one's last: this attempt's
+    view of the job is stale, and it must stop writing (its events would interleave)."""
+
+
+_WRONG_LAST_SEQUENCE = 10071
+
+
+def is_superseded(exc: BaseException | None) -> bool:
+    """Whether JetStream refused a publish whose expected last subject sequence was stale."""
+    return getattr(exc, "err_code", None) == _WRONG_LAST_SEQUENCE

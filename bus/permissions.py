@@ -32,6 +32,8 @@ def worker_permissions() -> Permissions:
             f"$JS.ACK.{consumer}.>",
             # Read (never write) cancel requests, before running a job it fetched.
             f"{_JS}.DIRECT.GET.{s.CANCELS_BUCKET_STREAM}.>",
+            # Read a redelivered job's last event: a stored result means it is done already.
+            f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}.>",
         ],
         subscribe=[f"{s.inbox_prefix('worker')}.>", s.CANCEL_ALL],
     )

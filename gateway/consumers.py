@@ -57,6 +57,10 @@ async def _ordered(
     finally:
         with suppress(Exception):
             await sub.unsubscribe()
+        # Now, not after the inactivity timeout: a busy gateway makes many of these, and
+        # each one costs the servers (in a cluster, the meta leader) until it is gone.
+        with suppress(Exception):
+            await js.delete_consumer(stream, info.name)
 
 
 async def last_per_subject(

@@ -97,9 +97,10 @@ class Stack:
 
     def nats(self, service: str = "debug") -> NatsSettings:
         """How to reach this stack's NATS as `service` (default: the read-only identity)."""
-        port = json.loads((self.state_dir / "nats.conf").read_text())["port"]
+        configs = sorted(self.state_dir.glob("nats*.conf"))  # nats.conf, or nats-<n>.conf
+        ports = [json.loads(config.read_text())["port"] for config in configs]
         return NatsSettings(
-            url=f"nats://127.0.0.1:{port}",
+            url=",".join(f"nats://127.0.0.1:{port}" for port in ports),
             creds_file=self.state_dir / "creds" / f"{service}.json",
         )
 
@@ -112,9 +113,28 @@ class Stack:
         return self.process.wait(60)
 
 
-def start_stack(state_dir: Path, workers: int = 2, env: dict[str, str] | None = None) -> Stack:
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for offset in range(count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def start_stack(
+    state_dir: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    nats_nodes: int = 1,
+) -> Stack:
     """`crucible up` on free ports, waiting until `/readyz` says ready."""
-    port, nats_port = free_port(), free_port()
+    port, nats_port = free_port(), free_ports(nats_nodes)
     api_key = "test-key-" + os.urandom(8).hex()
     log_file = state_dir / "up.log"
     with log_file.open("wb") as log:
@@ -132,6 +152,8 @@ def start_stack(state_dir: Path, workers: int = 2, env: dict[str, str] | None = 
                 str(workers),
                 "--state-dir",
                 str(state_dir),
+                "--cluster",
+                str(nats_nodes),
             ],
             env={**os.environ, "CRUCIBLE_API_KEY": api_key, **(env or {})},
             stdout=log,

@@ -29,6 +29,7 @@ from bus import (
     JobResult,
     NatsSettings,
     RuntimeVersion,
+    SupersededError,
     WorkerHeartbeat,
     connect,
     message_context,
@@ -39,6 +40,7 @@ from observability import job_id_var
 from sandbox import Sandbox
 from workers.events import AttemptEvents
 from workers.execute import execute
+from workers.history import job_history
 from workers.judge import cancelled, platform_failure
 from workers.settings import WorkerSettings
 
@@ -157,6 +159,10 @@ class Worker:
                 self._busy += 1
                 try:
                     await self._process(js, msg, max_attempts, ack_wait_s)
+                except Exception:
+                    # The bus failed before the job ran (NATS restarting, a node lost): the
+                    # slot lives on, and the job comes back after its ack wait.
+                    log.exception("could not process a job; it will be redelivered")
                 finally:
                     self._busy -= 1
 
@@ -169,9 +175,16 @@ class Worker:
             log.error("dropping a malformed job message on %s", msg.subject)
             await msg.term()  # redelivering it would fail the same way forever
             return
-        attempt = msg.metadata.num_delivered or 1
         token = job_id_var.set(job.job_id)
         try:
+            history = await job_history(js, job)
+            if history.finished:
+                # An earlier delivery stored its result, then lost its ack (its worker died
+                # in between): the job is done, and running it again would give two results.
+                await msg.ack_sync()
+                log.info("job already finished by an earlier attempt; acknowledged")
+                return
+            attempt = history.next_attempt(msg.metadata.num_delivered or 1)
             with tracer.start_as_current_span(
                 f"process {s.JOBS_STREAM}",
                 context=message_context(msg.headers),
@@ -186,7 +199,10 @@ class Worker:
                     "crucible.attempt": attempt,
                 },
             ):
-                await self._attempt(js, msg, job, attempt, max_attempts, ack_wait_s)
+                events = AttemptEvents(
+                    js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
+                )
+                await self._attempt(js, msg, job, events, max_attempts, ack_wait_s)
         finally:
             job_id_var.reset(token)
 
@@ -195,12 +211,11 @@ class Worker:
         js: JetStreamContext,
         msg: Msg,
         job: JobMessage,
-        attempt: int,
+        events: AttemptEvents,
         max_attempts: int,
         ack_wait_s: float,
     ) -> None:
-        events = AttemptEvents(js, job, attempt, self.settings.worker_id)
-        if attempt > max_attempts:
+        if events.attempt > max_attempts:
             log.error("job failed %d attempts; recording internal_error", max_attempts)
             reason = f"gave up after {max_attempts} attempts: the workers running it failed"
             await events.finished(platform_failure(reason))
@@ -215,7 +230,7 @@ class Worker:
         try:
             started_at = utc_now()
             await events.started()
-            log.info("job started", extra={"attempt": attempt})
+            log.info("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
             await events.finished(result)
             await msg.ack_sync()  # only now: the result is stored
@@ -228,6 +243,10 @@ class Worker:
         except BusUnavailableError:
             # Without the bus there is nobody to tell; redelivery after ack_wait retries it.
             log.exception("could not publish the job's events")
+        except SupersededError:
+            # The job was redelivered while this attempt was cut off, and the newer attempt
+            # owns it now: stop without a word (no ack, no nak), so as to add no result.
+            log.warning("another attempt of this job took over; this one stops")
         except Exception:
             log.exception("the platform failed while running the job; handing it back")
             with suppress(Exception):

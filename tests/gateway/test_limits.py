@@ -37,8 +37,11 @@ def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def capped_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One worker, one job at a time, and at most two unfinished jobs per tenant."""
-    env = {"CRUCIBLE_STREAMS__MAX_QUEUED_PER_TENANT": str(_CAP)}
+    """One worker, one job at a time; at most two unfinished jobs per tenant, three in all."""
+    env = {
+        "CRUCIBLE_STREAMS__MAX_QUEUED_PER_TENANT": str(_CAP),
+        "CRUCIBLE_STREAMS__MAX_QUEUED_TOTAL": str(_CAP + 1),
+    }
     stack = start_stack(Path(tmp_path_factory.mktemp("cap")), workers=1, env=env)
     yield stack
     stack.stop()
@@ -101,10 +104,13 @@ async def test_a_tenant_over_its_queue_cap_gets_429(capped_stack: Stack) -> None
         run = await client.post("/v1/runs", json={"jobs": [SLEEPER]})
         assert run.status_code == 429 and "would pass the cap of 2" in run.json()["detail"]
         assert await last_writes(stack) == before  # neither left a record nor a job behind
-        # Another tenant has a queue of its own.
+        # Another tenant has a queue of its own, but all share the overall cap.
         with tenant_key(stack, "other", "other-1") as other:
             theirs = await client.post("/v1/jobs", json=SLEEPER, headers=other)
             assert theirs.status_code == 202, theirs.text
+            overall = await client.post("/v1/jobs", json=SLEEPER, headers=other)
+            assert overall.status_code == 429, overall.text
+            assert "maximum messages exceeded" in overall.json()["detail"]
             await client.post(f"/v1/jobs/{theirs.json()['id']}/cancel", headers=other)
         for job in jobs:
             assert (await client.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 202

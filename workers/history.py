@@ -1,0 +1,46 @@
+"""What earlier deliveries of a job left in the EVENTS stream, read before running it again.
+
+JetStream counts deliveries, but a server that crashed may have lost the latest count, and a
+worker may have died between storing a result and acking it. The stream itself is the truth:
+a stored `finished` means the job is done; otherwise the new attempt numbers past the last
+stored one, so its events never share (job, attempt, seq) with an earlier attempt's.
+
+Each attempt then writes only after the event it last saw (`Nats-Expected-Last-Subject-
+Sequence`): a worker that lost its job, and whose delayed events arrive late, is refused by
+the server instead of adding a second result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bus import JobMessage, decode_event
+from bus import subjects as s
+
+
+@dataclass(frozen=True)
+class History:
+    finished: bool = False
+    last_attempt: int = 0  # 0: nothing stored yet
+    last_seq: int = 0  # the newest event's stream sequence: where the next attempt writes after
+
+    def next_attempt(self, delivered: int) -> int:
+        """The attempt number for this delivery (JetStream's count, unless it fell behind)."""
+        return max(delivered, self.last_attempt + 1)
+
+
+async def job_history(js: JetStreamContext, job: JobMessage) -> History:
+    """The job's newest stored event, as far as a redelivery needs to know."""
+    try:
+        last = await js.get_last_msg(
+            s.EVENTS_STREAM, s.events_subject(job.run_id, job.job_id), direct=True
+        )
+    except NotFoundError:
+        return History()
+    assert last.data is not None and last.seq is not None
+    if (last.headers or {}).get(s.EVENT_TYPE_HEADER) == "finished":
+        return History(finished=True, last_seq=last.seq)
+    return History(last_attempt=decode_event(last.data).attempt, last_seq=last.seq)
