@@ -45,3 +45,4 @@ test: $(STAMP) sandbox-deps lint
 bench: $(STAMP) sandbox-deps image
 	$(VENV)/bin/python -m bench.sandbox_overhead
 	$(VENV)/bin/python -m bench.humaneval_canonical --workers 2 --n-workers 4
+	$(VENV)/bin/python -m bench.pipeline

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bus.errors import BusUnavailableError
 from bus.models import ServiceCredentials
 from bus.subjects import inbox_prefix
+from observability.metrics import NATS_RECONNECTS
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
 
 
+async def _reconnected() -> None:
+    NATS_RECONNECTS.inc()
+    log.info("reconnected to NATS")
+
+
 async def connect(
     settings: NatsSettings,
     service: str,
@@ -84,6 +90,7 @@ async def connect(
             reconnect_time_wait=_RECONNECT_WAIT_S,
             max_reconnect_attempts=-1,
             error_cb=error_cb or _log_error,
+            reconnected_cb=_reconnected,
             **_identity(settings.credentials()),
         )
         return await asyncio.wait_for(connecting, settings.connect_deadline_s)

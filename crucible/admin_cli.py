@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -92,6 +94,12 @@ def keys_list(file: KeysFile = Path(".crucible") / KEYS_FILE) -> None:
         print(f"{entry.key_id}\t{entry.tenant}")
 
 
+NatsUrl = Annotated[str, typer.Option(envvar="CRUCIBLE_NATS_URL")]
+ReadOnlyCreds = Annotated[
+    Path, typer.Option(envvar="CRUCIBLE_NATS_CREDS_FILE", help="a read-only identity")
+]
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The gateway's audit log (AUDIT stream).")
 
 
@@ -104,10 +112,8 @@ def audit_tail(
     since: Annotated[datetime | None, typer.Option(help="start at this time instead (UTC)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new ones")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="JSON lines, for jq")] = False,
-    url: Annotated[str, typer.Option(envvar="CRUCIBLE_NATS_URL")] = "nats://127.0.0.1:4222",
-    creds_file: Annotated[
-        Path, typer.Option(envvar="CRUCIBLE_NATS_CREDS_FILE", help="a read-only identity")
-    ] = Path(".crucible/creds/debug.json"),
+    url: NatsUrl = "nats://127.0.0.1:4222",
+    creds_file: ReadOnlyCreds = Path(".crucible/creds/debug.json"),
 ) -> None:
     """Print the audit log: submissions, cancels, failed logins, rate-limit refusals."""
     from bus import NatsSettings
@@ -118,8 +124,27 @@ def audit_tail(
     raise typer.Exit(run_tail(nats, tenant, last, start, follow, json_lines))
 
 
+def top(
+    once: Annotated[
+        float | None, typer.Option(help="watch this many seconds, print one view, exit")
+    ] = None,
+    refresh: Annotated[float, typer.Option(help="seconds between updates")] = 1.0,
+    url: NatsUrl = "nats://127.0.0.1:4222",
+    creds_file: ReadOnlyCreds = Path(".crucible/creds/debug.json"),
+) -> None:
+    """Live view of the queue, the workers, throughput and verdicts (Ctrl-C to leave)."""
+    from rich.console import Console
+
+    from bus import NatsSettings
+    from crucible.top import watch
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(watch(NatsSettings(url=url, creds_file=creds_file), once, refresh, Console()))
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the `crucible` command."""
     app.command("creds")(creds)
     app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
+    app.command("top")(top)

@@ -123,6 +123,9 @@ def _children(options: UpOptions, layout: NatsLayout, keys_file: Path) -> list[l
                 **base_env,
                 "CRUCIBLE_NATS_CREDS_FILE": str(layout.creds_files["worker"]),
                 "CRUCIBLE_WORKER_WORKER_ID": f"{os.uname().nodename}-w{index}",
+                # Each worker serves Prometheus /metrics on a port of its own.
+                "CRUCIBLE_WORKER_METRICS_PORT": str(_free_port(options.host)),
+                "CRUCIBLE_WORKER_METRICS_HOST": options.host,
             },
             stop_timeout_s=40.0,  # a worker's grace period for running jobs, and a margin
         )

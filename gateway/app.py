@@ -1,5 +1,6 @@
 """The gateway: jobs and runs in over HTTP, onto NATS; events back out over SSE."""
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
@@ -22,10 +23,12 @@ from bus import (
     new_run_id,
     utc_now,
 )
+from gateway import metrics
 from gateway.audit import AuditMiddleware, audit_facts
 from gateway.auth import StreamTokens
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.console import install_console
 from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
 from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
@@ -60,9 +63,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys.load()  # fail start-up, not the first request, on a missing or broken keys file
         app.state.bus = await GatewayBus.start(nats, settings.streams, registry)
+        refreshing = asyncio.create_task(metrics.refresh_forever(app.state.bus))
         try:
             yield
         finally:
+            refreshing.cancel()
             await app.state.bus.close()
 
     app = FastAPI(title="Crucible", version="1", lifespan=lifespan, responses=ERROR_RESPONSES)
@@ -80,6 +85,8 @@ def create_app(
     app.add_middleware(AuditMiddleware)  # outermost of ours: sees the body limit's 413s too
     instrument_app(app)
     app.include_router(runs_router, responses=ERROR_RESPONSES)
+    app.include_router(metrics.router)
+    install_console(app)
 
     def links(request: Request, record: JobRecord) -> JobLinks:
         return job_links(str(request.base_url), tokens, record)
@@ -155,6 +162,7 @@ def create_app(
         try:
             await bus.check_room(caller.tenant, 1)  # so that a full queue writes nothing
             await bus.submit(record, message)
+            metrics.JOBS_SUBMITTED.labels("job").inc()
         except BusUnavailableError:
             if idempotency_key is not None:
                 await bus.idempotency.release(caller.tenant, idempotency_key)
@@ -210,7 +218,7 @@ def create_app(
             return job_view(record, stored, stream_links)
 
         return EventSourceResponse(
-            job_event_stream(bus, record, after, finished_view),
+            metrics.counted("job", job_event_stream(bus, record, after, finished_view)),
             ping=int(settings.sse_ping_s),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

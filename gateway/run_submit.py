@@ -30,9 +30,10 @@ from bus import (
 )
 from bus import subjects as s
 from gateway.bus_client import GatewayBus
+from gateway.job_traces import job_traces, span_headers, span_trace_id
 from gateway.settings import GatewaySettings
 from gateway.validation import check_spec, with_default_limits
-from observability import current_trace_id, inject_headers
+from observability import current_trace_id
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -99,33 +100,37 @@ def chunk_of(run_id: str, index: int, jobs: PreparedJobs) -> RunChunk:
 
 async def enqueue(bus: GatewayBus, tenant: str, chunk: RunChunk, jobs: PreparedJobs) -> None:
     """Store the job records and the chunk, then enqueue the jobs; undo on failure."""
-    records = [
-        Outgoing(
-            subject=s.job_record_subject(record.job_id),
-            payload=record.model_dump_json().encode(),
-            msg_id=f"record.{record.job_id}",
-        )
-        for record in jobs.records
-    ]
-    with tracer.start_as_current_span(
-        f"publish {s.JOBS_STREAM}",
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.batch.message_count": len(jobs.messages),
-            "crucible.run_id": chunk.run_id,
-        },
+    with (
+        tracer.start_as_current_span(
+            f"publish {s.JOBS_STREAM}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "publish",
+                "messaging.batch.message_count": len(jobs.messages),
+                "crucible.run_id": chunk.run_id,
+            },
+        ),
+        job_traces(jobs.messages) as spans,
     ):
-        headers = inject_headers()  # every job of the batch joins the submission's trace
+        for record, span in zip(jobs.records, spans, strict=True):
+            record.trace_id = span_trace_id(span)
+        records = [
+            Outgoing(
+                subject=s.job_record_subject(record.job_id),
+                payload=record.model_dump_json().encode(),
+                msg_id=f"record.{record.job_id}",
+            )
+            for record in jobs.records
+        ]
         queued = [
             Outgoing(
                 subject=s.job_subject(message.tenant),
                 payload=message.model_dump_json().encode(),
                 msg_id=message.job_id,
-                headers=headers,
+                headers=span_headers(span),
             )
-            for message in jobs.messages
+            for message, span in zip(jobs.messages, spans, strict=True)
         ]
         try:
             await publish_all(bus.js, records)

@@ -20,6 +20,7 @@ from bus import (
     utc_now,
 )
 from bus import subjects as s
+from gateway import metrics
 from gateway.audit import audit_facts
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.consumers import last_per_subject
@@ -109,6 +110,7 @@ async def submit_run(
     await bus.runs.create(record)
     try:
         await enqueue(bus, caller.tenant, chunk_of(run_id, 0, jobs), jobs)
+        metrics.JOBS_SUBMITTED.labels("run").inc(len(jobs.records))
     except BusUnavailableError:
         await asyncio.shield(bus.runs.delete(caller.tenant, run_id))
         raise
@@ -135,6 +137,7 @@ async def append_jobs(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
     try:
         await enqueue(bus, caller.tenant, chunk_of(run_id, record.chunks - 1, jobs), jobs)
+        metrics.JOBS_SUBMITTED.labels("run").inc(len(jobs.records))
     except BusUnavailableError:
         await asyncio.shield(bus.runs.release_chunk(caller.tenant, run_id, len(jobs.records)))
         raise
@@ -219,7 +222,7 @@ async def run_events(
         return job_view(job, stored, job_links(base, tokens, job))
 
     return EventSourceResponse(
-        run_event_stream(bus, record, after, finished_view),
+        metrics.counted("run", run_event_stream(bus, record, after, finished_view)),
         ping=int(settings.sse_ping_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -46,3 +46,5 @@ class GatewaySettings(BaseSettings):
     worker_stale_after_s: float = Field(10.0, gt=0)
     sse_ping_s: float = Field(15.0, gt=0)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # The console links a job to its trace here (e.g. http://jaeger:16686) when set.
+    jaeger_url: str | None = None

@@ -6,11 +6,13 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 
 
-def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of `headers` plus ``traceparent``/``tracestate`` (and ``baggage``) of the
-    current context; nothing is added outside a recorded span."""
+def inject_headers(
+    headers: dict[str, str] | None = None, context: Context | None = None
+) -> dict[str, str]:
+    """A copy of `headers` plus ``traceparent``/``tracestate`` (and ``baggage``) of
+    `context` (default: the current one); nothing is added outside a recorded span."""
     carrier = dict(headers or {})
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 

@@ -7,6 +7,7 @@ from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import format_trace_id
 
+_SPAN_QUEUE = 65_536
 _PROTOCOL_HTTP = "http/protobuf"
 _PROTOCOL_GRPC = "grpc"
 _EXPORTER_OTLP = "otlp"
@@ -42,8 +44,10 @@ def setup_tracing(service_name: str) -> None:
     resource = Resource.create({SERVICE_NAME: os.environ.get(OTEL_SERVICE_NAME) or service_name})
     provider = TracerProvider(resource=resource)
     if _otlp_requested():
-        # BatchSpanProcessor reads OTEL_BSP_* itself (delay, queue and batch sizes).
-        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+        # BatchSpanProcessor reads OTEL_BSP_* itself (delay, queue and batch sizes), but its
+        # default queue (2,048) would drop spans: a 10,000-job run makes a span per job at once.
+        queue = None if os.environ.get(OTEL_BSP_MAX_QUEUE_SIZE) else _SPAN_QUEUE
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(), max_queue_size=queue))
     trace.set_tracer_provider(provider)
     _provider = provider
 

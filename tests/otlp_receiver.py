@@ -34,6 +34,8 @@ class ReceivedSpan:
     kind: str  # e.g. "SPAN_KIND_SERVER"
     service_name: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (trace_id, span_id)
+    events: list[str] = field(default_factory=list)  # span event names
 
 
 def _value(value: AnyValue) -> Any:
@@ -58,6 +60,8 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
                         kind=Span.SpanKind.Name(span.kind),
                         service_name=str(resource.get("service.name", "")),
                         attributes={a.key: _value(a.value) for a in span.attributes},
+                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                        events=[event.name for event in span.events],
                     )
                 )
     return spans

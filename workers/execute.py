@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from opentelemetry import trace
 
 from bus import CaseResult, JobMessage, JobResult, Verdict
 from sandbox import ExecResult, ExecSpec, OutputChunk, OutputSink, Sandbox
+from workers import metrics
 from workers.judge import exec_spec, judge, judge_case, judge_cases
 
 tracer = trace.get_tracer(__name__)
@@ -24,13 +26,26 @@ async def _run(
     if case is not None:
         attributes["crucible.case"] = case
     with tracer.start_as_current_span("sandbox.run", attributes=attributes) as span:
-        run = await sandbox.run(spec, on_output)
+        output_seen = False
+
+        async def observed(chunk: OutputChunk) -> None:
+            nonlocal output_seen
+            if not output_seen:
+                output_seen = True
+                span.add_event("first output byte", {"crucible.stream": chunk.stream})
+            await on_output(chunk)
+
+        began = time.monotonic()
+        run = await sandbox.run(spec, observed)
+        overhead = time.monotonic() - began - run.wall_time_s
+        metrics.SANDBOX_OVERHEAD.labels(sandbox.name).observe(max(overhead, 0.0))
         span.set_attributes(
             {
                 "crucible.verdict": run.verdict.value,
                 "crucible.exit_code": -1 if run.exit_code is None else run.exit_code,
                 "crucible.memory_peak_mb": run.memory_peak_mb,
                 "crucible.wall_time_s": run.wall_time_s,
+                "crucible.cpu_time_s": run.cpu_time_s,
             }
         )
     return run

@@ -26,3 +26,6 @@ class WorkerSettings(BaseSettings):
     fetch_wait_s: float = Field(1.0, gt=0)
     # On SIGTERM running jobs get this long to finish before they are handed back.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Prometheus /metrics on this address and port; no port: not served.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"

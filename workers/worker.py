@@ -38,6 +38,7 @@ from bus import (
 from bus import subjects as s
 from observability import job_id_var
 from sandbox import Sandbox
+from workers import metrics
 from workers.events import AttemptEvents
 from workers.execute import execute
 from workers.history import job_history
@@ -82,6 +83,9 @@ class Worker:
                 return
             max_attempts, ack_wait_s = consumer
             psub = await js.pull_subscribe_bind(s.WORKERS_CONSUMER, stream=s.JOBS_STREAM)
+            if self.settings.metrics_port is not None:
+                metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+            metrics.SLOTS.set(self.settings.concurrency)
             log.info("worker ready", extra={"concurrency": self.settings.concurrency})
             heartbeat = asyncio.create_task(self._heartbeat(nc))
             slots = [
@@ -157,6 +161,7 @@ class Worker:
                 continue
             for msg in msgs:
                 self._busy += 1
+                metrics.SLOTS_BUSY.inc()
                 try:
                     await self._process(js, msg, max_attempts, ack_wait_s)
                 except Exception:
@@ -165,6 +170,7 @@ class Worker:
                     log.exception("could not process a job; it will be redelivered")
                 finally:
                     self._busy -= 1
+                    metrics.SLOTS_BUSY.dec()
 
     async def _process(
         self, js: JetStreamContext, msg: Msg, max_attempts: int, ack_wait_s: float
@@ -198,7 +204,9 @@ class Worker:
                     "crucible.run_id": job.run_id,
                     "crucible.attempt": attempt,
                 },
-            ):
+            ) as span:
+                waited = (utc_now() - job.submitted_at).total_seconds()
+                span.add_event("dequeued", {"crucible.queue_wait_s": max(waited, 0.0)})
                 events = AttemptEvents(
                     js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
                 )
@@ -233,6 +241,7 @@ class Worker:
             log.info("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
             await events.finished(result)
+            metrics.record_finished(job, result)
             await msg.ack_sync()  # only now: the result is stored
             log.info("job finished", extra={"verdict": result.verdict.value})
         except asyncio.CancelledError:
