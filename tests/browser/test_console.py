@@ -18,6 +18,7 @@ from tests.stack import Stack, start_stack
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
+JAEGER = "http://jaeger.example:16686"
 SCREENSHOTS = Path(os.environ.get("CRUCIBLE_TEST_OUTPUT", "test-output")) / "screenshots"
 _TIMEOUT_MS = 60_000
 expect.set_options(timeout=_TIMEOUT_MS)  # a limit on waiting, never a performance claim
@@ -38,8 +39,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of this module's own, whose gateway a test may kill."""
-    running = start_stack(Path(tmp_path_factory.mktemp("browser")), workers=1)
+    """A stack of this module's own, whose gateway a test may kill, linking to a Jaeger."""
+    env = {"CRUCIBLE_JAEGER_URL": JAEGER}
+    running = start_stack(Path(tmp_path_factory.mktemp("browser")), workers=1, env=env)
     yield running
     running.stop()
 
@@ -117,6 +119,11 @@ def test_output_completes_without_duplicates_across_a_gateway_restart(
     expect(page.locator("#verdict")).to_have_text("accepted")
     assert page.text_content("#output") == expected_ticks(20)
     assert gateway not in own_stack.processes("crucible gateway")
+    job_id = page.text_content("#job-id")
+    job = httpx.get(f"{own_stack.url}/v1/jobs/{job_id}", headers=own_stack.headers()).json()
+    expect(page.locator("#trace-link")).to_have_attribute(
+        "href", f"{JAEGER}/trace/{job['trace_id']}"
+    )
     screenshot(page, "job-across-gateway-restart")
     page.close()
 

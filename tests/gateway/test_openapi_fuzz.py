@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -54,7 +55,7 @@ def has_a_detail(ctx: object, response: schemathesis.Response, case: schemathesi
 def test_the_gateway_honours_its_schema(case: schemathesis.Case, fuzzed_stack: Stack) -> None:
     case.call_and_validate(
         headers=fuzzed_stack.headers(),
-        checks=[response_schema_conformance, content_type_conformance],
+        checks=[not_a_server_error, response_schema_conformance, content_type_conformance],
         additional_checks=[has_a_detail],
         timeout=30,
     )
