@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from crucible.api_keys import KEYS_FILE, add_key, read_keys, revoke_key
 from crucible.creds import AuthMode, write_credentials
+from gateway.auth import TENANT_PATTERN
 
 _AUTH_FILE = "authorization.conf"
 
@@ -70,10 +72,17 @@ def keys_add(
     file: KeysFile = Path(".crucible") / KEYS_FILE,
 ) -> None:
     """Create a key for a tenant and print it (once: only its hash is stored)."""
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise typer.BadParameter(
+            f"{tenant!r}: a tenant is 1 to 64 letters, digits, '-' and '_', starting with a "
+            "letter or digit (it appears in NATS subjects)",
+            param_hint="--tenant",
+        )
     try:
         key = add_key(file, tenant, key_id)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc.errors()[0]["msg"])) from None
+        error = exc.errors()[0]
+        raise typer.BadParameter(f"{error['loc'][0]}: {error['msg']}") from None
     print(key)
 
 

@@ -51,7 +51,10 @@ def up(
         AuthMode, typer.Option(help="services' NATS identities: nkey, password or tls")
     ] = AuthMode.NKEY,
     cluster: Annotated[
-        int, typer.Option(help="NATS nodes (clients on --nats-port and up); 3 replicates streams")
+        int,
+        typer.Option(
+            min=1, max=9, help="NATS nodes (clients on --nats-port and up); 3 replicates streams"
+        ),
     ] = 1,
 ) -> None:
     """Run the whole stack locally: nats-server, the gateway and workers."""

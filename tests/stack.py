@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +174,18 @@ def start_stack(
         time.sleep(0.2)
     stack.stop()
     raise TimeoutError(f"crucible up not ready in {_START_TIMEOUT_S} s:\n{stack.log()}")
+
+
+@contextmanager
+def running_stack(
+    state_dir: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    nats_nodes: int = 1,
+) -> Iterator[Stack]:
+    """`start_stack`, stopped again when the block ends, however it ends (for fixtures)."""
+    stack = start_stack(state_dir, workers, env, nats_nodes)
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -144,8 +144,13 @@ async function openRun(runId) {
     lastRefresh = Date.now();
     renderPassK(await api("GET", `/v1/runs/${encodeURIComponent(runId)}?k=1,10,100`));
   };
+  if (view.status === "finished") return; // nothing more will happen
+  let shown = view.counts.finished;
   stopRun = follow(view.events_url, {
     progress: (progress) => {
+      // The stream starts at the run's beginning: never move the bar backwards.
+      if (progress.done < shown) return;
+      shown = progress.done;
       renderRun(progress);
       if (progress.done >= progress.total) {
         stopRun();

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,8 @@ def browser() -> Iterator[Browser]:
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own, whose gateway a test may kill, linking to a Jaeger."""
     env = {"CRUCIBLE_JAEGER_URL": JAEGER}
-    running = start_stack(Path(tmp_path_factory.mktemp("browser")), workers=1, env=env)
-    yield running
-    running.stop()
+    with running_stack(tmp_path_factory.mktemp("browser"), workers=1, env=env) as running:
+        yield running
 
 
 def console(browser: Browser, stack: Stack) -> Page:
@@ -130,19 +129,30 @@ def test_output_completes_without_duplicates_across_a_gateway_restart(
 
 def test_a_runs_progress_and_pass_at_k_reach_the_end(browser: Browser, stack: Stack) -> None:
     jobs = [
-        {"language": "python", "code": "print(1)", "metadata": {"task_id": f"t{i % 2}"}}
+        {
+            "language": "python",
+            "code": "import time; time.sleep(0.5); print(1)",  # still running when opened
+            "metadata": {"task_id": f"t{i % 2}"},
+        }
         for i in range(10)
     ]
     response = httpx.post(f"{stack.url}/v1/runs", json={"jobs": jobs}, headers=stack.headers())
     assert response.status_code == 202
     run_id = response.json()["id"]
     page = console(browser, stack)
+    seen: list[int] = []
+    page.expose_function("progressSeen", lambda value: seen.append(int(value)))
+    page.evaluate(
+        "new MutationObserver(() => progressSeen(document.querySelector('#run-progress')"
+        ".value)).observe(document.querySelector('#run-done'), {childList: true})"
+    )
     page.fill("#run-id", run_id)
     page.click("#run-form button")
     expect(page.locator("#run-done")).to_have_text("10 / 10 (100%)")
     expect(page.locator("#run-state")).to_have_text("finished")
     expect(page.locator("#run-verdicts tbody tr")).to_have_text(["accepted10"])
     expect(page.locator("#run-passk")).to_contain_text("pass@1 = 1.000")
-    assert page.get_attribute("#run-progress", "value") == "10"
+    assert page.evaluate("document.querySelector('#run-progress').value") == 10
+    assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
     screenshot(page, "run-progress")
     page.close()

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from bus import connect
 from bus import subjects as s
 from tests.chaos.harness import settle_and_count, submit_run, wait_until
 from tests.chaos.test_faults import running_jobs
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -25,9 +24,8 @@ _JOBS = 24
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"CRUCIBLE_STREAMS__ACK_WAIT_S": "3"}
-    running = start_stack(Path(tmp_path_factory.mktemp("cluster")), 2, env, nats_nodes=3)
-    yield running
-    running.stop()
+    with running_stack(tmp_path_factory.mktemp("cluster"), 2, env, nats_nodes=3) as running:
+        yield running
 
 
 async def replicas(stack: Stack) -> dict[str, int]:

@@ -19,7 +19,7 @@ import pytest
 from bus import JobSpec
 from crucible.client import Client, Event
 from tests.chaos.harness import TICKER, settle_and_count, submit_run, wait_until
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -30,9 +30,8 @@ _JOBS = 24
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A short ack wait: a job whose worker was killed comes back within seconds.
     env = {"CRUCIBLE_STREAMS__ACK_WAIT_S": "3"}
-    running = start_stack(Path(tmp_path_factory.mktemp("chaos")), workers=2, env=env)
-    yield running
-    running.stop()
+    with running_stack(tmp_path_factory.mktemp("chaos"), workers=2, env=env) as running:
+        yield running
 
 
 def running_jobs(stack: Stack, run_id: str) -> int:

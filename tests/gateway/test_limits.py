@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from bus import subjects as s
 from bus.audit import AuditAction
 from crucible.client import Client
 from tests.gateway.test_audit import audit_records, last_writes
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 from tests.tenants import tenant_key
 
 SLEEPER = {
@@ -30,9 +29,8 @@ _CAP = 2
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack that lets each key 3 requests at once, then one a second."""
     env = {"CRUCIBLE_RATE_LIMIT__BURST": "3", "CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S": "1"}
-    stack = start_stack(Path(tmp_path_factory.mktemp("rate")), workers=1, env=env)
-    yield stack
-    stack.stop()
+    with running_stack(tmp_path_factory.mktemp("rate"), workers=1, env=env) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +40,8 @@ def capped_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CRUCIBLE_STREAMS__MAX_QUEUED_PER_TENANT": str(_CAP),
         "CRUCIBLE_STREAMS__MAX_QUEUED_TOTAL": str(_CAP + 1),
     }
-    stack = start_stack(Path(tmp_path_factory.mktemp("cap")), workers=1, env=env)
-    yield stack
-    stack.stop()
+    with running_stack(tmp_path_factory.mktemp("cap"), workers=1, env=env) as stack:
+        yield stack
 
 
 async def test_a_key_over_its_rate_gets_429_and_others_do_not(slow_stack: Stack) -> None:

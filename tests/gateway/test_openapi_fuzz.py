@@ -4,7 +4,6 @@ every documented response matches the schema."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -15,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 # Event streams never end by themselves; they have tests of their own (tests/e2e).
 _STREAMS = r"/events$"
@@ -25,9 +24,8 @@ _STREAMS = r"/events$"
 def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Generous rate limits: the fuzzer sends hundreds of requests a second.
     env = {"CRUCIBLE_RATE_LIMIT__BURST": "100000", "CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S": "1e5"}
-    stack = start_stack(Path(tmp_path_factory.mktemp("fuzz")), workers=1, env=env)
-    yield stack
-    stack.stop()
+    with running_stack(tmp_path_factory.mktemp("fuzz"), workers=1, env=env) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
