@@ -14,4 +14,8 @@ def instrument_app(app: FastAPI) -> None:
     Spans go to the global tracer provider, resolved lazily, so this may run before
     ``setup_tracing``.
     """
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=_EXCLUDED_URLS)
+    # No span per ASGI send and receive: an event stream would make one per event, for every
+    # client (costly with many clients, and noise in each trace).
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=_EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
