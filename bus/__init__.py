@@ -35,10 +35,11 @@ from bus.models import (
 from bus.permissions import SERVICE_PERMISSIONS, Permissions
 from bus.pipeline import Outgoing, kv_purge, publish_all
 from bus.runs import RunChunk, RunMember, RunRecord
-from bus.streams import StreamSettings, ensure_streams
+from bus.streams import MAX_ATTEMPTS_METADATA, StreamSettings, ensure_streams
 
 __all__ = [
     "JOB_EVENT",
+    "MAX_ATTEMPTS_METADATA",
     "MAX_PAYLOAD_BYTES",
     "SERVICE_PERMISSIONS",
     "BusError",

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from bus import subjects as s
 
 _DAY_S = 24 * 3600
+# The `workers` consumer's metadata key for how many attempts a job gets.
+MAX_ATTEMPTS_METADATA = "crucible_max_attempts"
 
 
 class StreamSettings(BaseModel):
@@ -109,9 +111,11 @@ async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None
             durable_name=s.WORKERS_CONSUMER,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait_s,
-            # One delivery more than the attempts: the extra one is where a worker records
-            # `internal_error` for a job that killed its workers every time.
-            max_deliver=settings.max_attempts + 1,
+            # Deliveries are not attempts: one that found NATS without a leader (a node lost)
+            # ran nothing. Workers count the attempts that started, in the job's stored
+            # events, and give up after `max_attempts`; JetStream keeps redelivering.
+            max_deliver=-1,
+            metadata={MAX_ATTEMPTS_METADATA: str(settings.max_attempts)},
             max_ack_pending=settings.max_ack_pending,
             filter_subject=s.JOBS_ALL,
         ),

@@ -1,6 +1,7 @@
 """What earlier deliveries of a job left in the EVENTS stream, read before running it again.
 
-JetStream counts deliveries, but a server that crashed may have lost the latest count, and a
+JetStream counts deliveries, but a delivery is not an attempt (it may have found the bus
+without a leader and run nothing), a crashed server may have lost the latest count, and a
 worker may have died between storing a result and acking it. The stream itself is the truth:
 a stored `finished` means the job is done; otherwise the new attempt numbers past the last
 stored one, so its events never share (job, attempt, seq) with an earlier attempt's.
@@ -27,9 +28,10 @@ class History:
     last_attempt: int = 0  # 0: nothing stored yet
     last_seq: int = 0  # the newest event's stream sequence: where the next attempt writes after
 
-    def next_attempt(self, delivered: int) -> int:
-        """The attempt number for this delivery (JetStream's count, unless it fell behind)."""
-        return max(delivered, self.last_attempt + 1)
+    def next_attempt(self) -> int:
+        """This delivery's attempt number: one past the last that started. A delivery that
+        could not start (NATS without a leader for a moment) does not use up an attempt."""
+        return self.last_attempt + 1
 
 
 async def job_history(js: JetStreamContext, job: JobMessage) -> History:

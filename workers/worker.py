@@ -2,7 +2,8 @@
 
 Delivery is at least once. A job is acked after its `finished` event is stored; a worker
 that dies before that leaves the job to be redelivered, and it runs again as a new attempt.
-The one delivery past `max_attempts` records `internal_error` instead of running again.
+Attempts are the runs that started (stored `started` events), not deliveries: once
+`max_attempts` have started, the next delivery records `internal_error` instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from bus import (
+    MAX_ATTEMPTS_METADATA,
     BusUnavailableError,
     CancelRequest,
     JobMessage,
@@ -115,8 +117,13 @@ class Worker:
                 log.info("waiting for the gateway to create the job queue")
                 await asyncio.sleep(_CONSUMER_RETRY_S)
                 continue
-            assert info.config.max_deliver is not None and info.config.ack_wait is not None
-            return info.config.max_deliver - 1, info.config.ack_wait
+            assert info.config.ack_wait is not None
+            attempts = (info.config.metadata or {}).get(MAX_ATTEMPTS_METADATA)
+            if attempts is None:
+                log.info("waiting for the gateway to update the job queue")
+                await asyncio.sleep(_CONSUMER_RETRY_S)
+                continue
+            return int(attempts), info.config.ack_wait
         return None  # stopped before the queue existed: nothing to serve
 
     async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
@@ -190,7 +197,7 @@ class Worker:
                 await msg.ack_sync()
                 log.info("job already finished by an earlier attempt; acknowledged")
                 return
-            attempt = history.next_attempt(msg.metadata.num_delivered or 1)
+            attempt = history.next_attempt()
             with tracer.start_as_current_span(
                 f"process {s.JOBS_STREAM}",
                 context=message_context(msg.headers),

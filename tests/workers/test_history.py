@@ -1,15 +1,11 @@
-"""A redelivered job is numbered past every attempt already stored, whatever JetStream counts."""
+"""A job's attempts are numbered from what is stored, not from JetStream's delivery count."""
 
 from workers.history import History
 
 
 def test_a_first_delivery_is_attempt_one() -> None:
-    assert History().next_attempt(delivered=1) == 1
+    assert History().next_attempt() == 1
 
 
-def test_jetstreams_count_is_used_when_it_is_ahead() -> None:
-    assert History(last_attempt=1).next_attempt(delivered=3) == 3
-
-
-def test_a_count_lost_in_a_server_crash_does_not_reuse_an_attempt() -> None:
-    assert History(last_attempt=2).next_attempt(delivered=1) == 3
+def test_a_delivery_after_a_started_attempt_is_the_next_attempt() -> None:
+    assert History(last_attempt=2).next_attempt() == 3
