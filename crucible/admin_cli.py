@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sys
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,11 +16,13 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from bus import BusUnavailableError, NatsSettings
 from crucible.api_keys import KEYS_FILE, add_key, read_keys, revoke_key
 from crucible.creds import AuthMode, write_credentials
 from gateway.auth import TENANT_PATTERN
 
 _AUTH_FILE = "authorization.conf"
+_CONNECT_DEADLINE_S = 5.0
 
 
 def creds(
@@ -109,6 +113,30 @@ ReadOnlyCreds = Annotated[
 ]
 
 
+def _read_only_nats(url: str, creds_file: Path) -> NatsSettings:
+    if not creds_file.is_file():
+        print(
+            f"no credentials at {creds_file}: run from where `crucible up` keeps its state "
+            "(.crucible/), or point --creds-file / CRUCIBLE_NATS_CREDS_FILE at a debug.json "
+            "from `crucible creds`",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    # An operator's command: fail in seconds with one line, not a warning per reconnect.
+    logging.getLogger("bus.connection").setLevel(logging.ERROR)
+    return NatsSettings(url=url, creds_file=creds_file, connect_deadline_s=_CONNECT_DEADLINE_S)
+
+
+@contextmanager
+def _bus_errors() -> Iterator[None]:
+    """NATS unreachable or refusing us: one line saying so, not a traceback."""
+    try:
+        yield
+    except BusUnavailableError as exc:
+        print(str(exc), file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The gateway's audit log (AUDIT stream).")
 
 
@@ -125,12 +153,12 @@ def audit_tail(
     creds_file: ReadOnlyCreds = Path(".crucible/creds/debug.json"),
 ) -> None:
     """Print the audit log: submissions, cancels, failed logins, rate-limit refusals."""
-    from bus import NatsSettings
     from crucible.audit_tail import run_tail
 
-    nats = NatsSettings(url=url, creds_file=creds_file)
+    nats = _read_only_nats(url, creds_file)
     start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
-    raise typer.Exit(run_tail(nats, tenant, last, start, follow, json_lines))
+    with _bus_errors():
+        raise typer.Exit(run_tail(nats, tenant, last, start, follow, json_lines))
 
 
 def top(
@@ -144,11 +172,11 @@ def top(
     """Live view of the queue, the workers, throughput and verdicts (Ctrl-C to leave)."""
     from rich.console import Console
 
-    from bus import NatsSettings
     from crucible.top import watch
 
-    with suppress(KeyboardInterrupt):
-        asyncio.run(watch(NatsSettings(url=url, creds_file=creds_file), once, refresh, Console()))
+    nats = _read_only_nats(url, creds_file)
+    with suppress(KeyboardInterrupt), _bus_errors():
+        asyncio.run(watch(nats, once, refresh, Console()))
 
 
 def register(app: typer.Typer) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 
 
 def test_top_shows_workers_throughput_and_verdicts(stack: Stack) -> None:
@@ -43,3 +44,29 @@ def test_top_shows_workers_throughput_and_verdicts(stack: Stack) -> None:
         if line.count("│") == 3 and line.split("│")[1].strip() in ("accepted", "runtime_error")
     )
     assert verdicts.get("accepted", 0) >= 6 and verdicts.get("runtime_error", 0) >= 2, stdout
+
+
+def test_operator_commands_say_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "debug.json"
+    for command in (["top", "--once", "1"], ["audit", "tail"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "crucible", *command, "--creds-file", str(missing)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 1
+        assert done.stderr.strip().startswith(f"no credentials at {missing}")
+        assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_nats_is_one_line_too(tmp_path: Path) -> None:
+    creds = tmp_path / "debug.json"
+    creds.write_text('{"user": "debug", "password": "x"}')
+    done = subprocess.run(
+        [sys.executable, "-m", "crucible", "audit", "tail", "--creds-file", str(creds),
+         "--url", f"nats://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    (line,) = done.stderr.strip().splitlines()  # one line, not a warning per reconnect
+    assert done.returncode == 1 and line.startswith("cannot connect to NATS at nats://127.0.0.1")
