@@ -75,6 +75,11 @@ def wait_until(predicate, timeout_s: float = 60.0, what: str = "condition") -> N
     raise AssertionError(f"{what} not met within {timeout_s} s")
 
 
+def running_jobs(stack: Stack, run_id: str) -> int:
+    response = httpx.get(f"{stack.url}/v1/runs/{run_id}", headers=stack.headers(), timeout=10)
+    return int(response.json()["counts"]["running"]) if response.status_code == 200 else 0
+
+
 def run_done(stack: Stack, run_id: str, jobs: int) -> bool:
     response = httpx.get(f"{stack.url}/v1/runs/{run_id}", headers=stack.headers(), timeout=10)
     return response.status_code == 200 and response.json()["counts"]["finished"] == jobs

@@ -12,8 +12,7 @@ import pytest
 
 from bus import connect
 from bus import subjects as s
-from tests.chaos.harness import settle_and_count, submit_run, wait_until
-from tests.chaos.test_faults import running_jobs
+from tests.chaos.harness import running_jobs, settle_and_count, submit_run, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

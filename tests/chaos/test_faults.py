@@ -18,7 +18,7 @@ import pytest
 
 from bus import JobSpec
 from crucible.client import Client, Event
-from tests.chaos.harness import TICKER, settle_and_count, submit_run, wait_until
+from tests.chaos.harness import TICKER, running_jobs, settle_and_count, submit_run, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -32,11 +32,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"CRUCIBLE_STREAMS__ACK_WAIT_S": "3"}
     with running_stack(tmp_path_factory.mktemp("chaos"), workers=2, env=env) as running:
         yield running
-
-
-def running_jobs(stack: Stack, run_id: str) -> int:
-    response = httpx.get(f"{stack.url}/v1/runs/{run_id}", headers=stack.headers(), timeout=10)
-    return int(response.json()["counts"]["running"]) if response.status_code == 200 else 0
 
 
 def kill_one(stack: Stack, needle: str, signum: signal.Signals) -> int:

@@ -10,32 +10,11 @@ from asyncio.subprocess import PIPE
 import httpx
 import pytest
 
-from bus import connect
-from bus import subjects as s
-from bus.audit import AuditAction, AuditOutcome, AuditRecord
-from crucible.audit_tail import tail
+from bus.audit import AuditAction, AuditOutcome
+from tests.bus_state import audit_records, last_writes
 from tests.stack import Stack
 
 OK_SPEC = {"language": "python", "code": "print(1)"}
-# Streams a submission writes to; their last sequence moves on any write.
-_WRITTEN = (s.JOBS_STREAM, s.JOBS_BUCKET_STREAM, s.RUNS_BUCKET_STREAM, s.IDEMPOTENCY_BUCKET_STREAM)
-
-
-async def last_writes(stack: Stack) -> dict[str, int]:
-    nc = await connect(stack.nats(), "debug", "test-audit")
-    try:
-        js = nc.jetstream()
-        return {name: (await js.stream_info(name)).state.last_seq for name in _WRITTEN}
-    finally:
-        await nc.close()
-
-
-async def audit_records(stack: Stack, last: int = 200) -> list[AuditRecord]:
-    lines: list[str] = []
-    await tail(stack.nats(), None, last, None, False, lines.append, as_json=True)
-    return [AuditRecord.model_validate_json(line) for line in lines]
-
-
 REFUSALS = [
     # (what, method, path, body or raw bytes, authorised?, status, words in the detail)
     ("no key", "POST", "/v1/jobs", OK_SPEC, False, 401, "missing API key"),

@@ -13,7 +13,7 @@ from bus import JobMessage, JobSpec, QueueFullError, connect, publish_model, utc
 from bus import subjects as s
 from bus.audit import AuditAction
 from crucible.client import Client
-from tests.gateway.test_audit import audit_records, last_writes
+from tests.bus_state import audit_records, last_writes
 from tests.stack import Stack, running_stack
 from tests.tenants import tenant_key
 
