@@ -10,20 +10,27 @@ How a job starts, outside in:
 The shell joins the cgroup *before* anything can fork (writing the pid after spawning would
 race a fork bomb), and sets rlimits without `preexec_fn` (unsafe in a threaded worker).
 bwrap then runs as the unprivileged host uid 65534, never as root.
+
+Python jobs take the fast path: a fork server started once in a bubblewrap sandbox of its
+own forks each job into fresh namespaces, cgroup, tmpfs dirs, seccomp filter and rlimits
+(`zygote.py`, `zygote_server.py`), so a job no longer pays for a new interpreter.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
 import shutil
+import weakref
 from functools import cache
 from pathlib import Path, PurePosixPath
 
 from sandbox.base import register
 from sandbox.cgroups import JobCgroup, check_cgroups
 from sandbox.errors import SandboxUnavailableError
-from sandbox.execution import SETUP_FAILED, Command, execute
+from sandbox.execution import SETUP_FAILED, Command, execute, spawn
 from sandbox.files import check_file_names
 from sandbox.models import (
     ExecLimits,
@@ -35,7 +42,10 @@ from sandbox.models import (
     Verdict,
 )
 from sandbox.runtimes import COMPILE_LIMITS, RUNTIMES, Runtime, available_runtimes
-from sandbox.seccomp import seccomp_fd
+from sandbox.seccomp import job_program, seccomp_fd, zygote_program
+from sandbox.zygote import Zygote, ZygoteGoneError, ZygoteJob
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
 WORK_DIR = "/work"
@@ -56,6 +66,9 @@ _ENTER = (
     'exec "$@"'
 )
 _PACKAGES = {"bwrap": "bubblewrap", "setpriv": "util-linux"}
+# The fork server builds each job's namespaces and mounts; every job's init drops all three.
+_ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
+_ZYGOTE_LIMITS = ExecLimits(disk_mb=1)  # its own dirs stay empty: each job mounts fresh ones
 _SETPRIV_FLAGS = [
     f"--reuid={SANDBOX_UID}",
     f"--regid={SANDBOX_UID}",
@@ -108,7 +121,11 @@ def _system_dirs() -> list[str]:
 
 
 def _bwrap_argv(
-    limits: ExecLimits, file_args: list[str], seccomp_fd: int, command: list[str]
+    limits: ExecLimits,
+    file_args: list[str],
+    seccomp_fd: int,
+    command: list[str],
+    caps: tuple[str, ...] = (),
 ) -> list[str]:
     env = [arg for key, value in _SANDBOX_ENV.items() for arg in ("--setenv", key, value)]
     disk_bytes = str(limits.disk_mb * _MIB)
@@ -121,7 +138,7 @@ def _bwrap_argv(
         "--die-with-parent",
         "--new-session",  # no TIOCSTI into a terminal of ours
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--cap-drop", "ALL",
+        "--cap-drop", "ALL", *(arg for cap in caps for arg in ("--cap-add", cap)),
         "--clearenv", *env,  # nothing of the worker's environment (credentials) leaks in
         "--hostname", "sandbox",
         *_system_dirs(),
@@ -161,6 +178,32 @@ def _argv(
     ]
 
 
+def _zygote_argv(control_fd: int, job_filter_fd: int, seccomp_fd: int) -> list[str]:
+    python = RUNTIMES["python"]
+    # `-`: the program comes on stdin, so no file of ours shows in the sandbox.
+    command = [python.interpreter, *python.flags, "-", str(control_fd), str(job_filter_fd)]
+    return [
+        _tool("setpriv"),
+        *_SETPRIV_FLAGS,
+        *_bwrap_argv(_ZYGOTE_LIMITS, [], seccomp_fd, command, caps=_ZYGOTE_CAPS),
+    ]
+
+
+def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
+    check_file_names(list(spec.files), runtime.entry_file)
+    limits = spec.limits
+    return ZygoteJob(
+        entry=runtime.entry_file,
+        args=spec.args,
+        files={runtime.entry_file: spec.code, **spec.files},
+        disk_mb=limits.disk_mb,
+        shm_mb=min(_SHM_MB, limits.disk_mb),
+        nofile=_NOFILE,
+        cpu_s=math.ceil(limits.cpu_time_s) + 1,  # the same backstop as the classic path's
+        file_bytes=limits.disk_mb * _MIB,
+    )
+
+
 @cache
 def _tool(name: str) -> str:
     """The absolute path of a host tool, found once on the worker's PATH."""
@@ -183,9 +226,23 @@ def _check_host() -> None:
 
 @register("bwrap")
 class BwrapSandbox:
-    """Each job in fresh bubblewrap namespaces and its own cgroup."""
+    """Each job in fresh bubblewrap namespaces and its own cgroup.
+
+    `fork_server=True` (the default) runs Python jobs through the fork server; other
+    languages, and Python when the fork server cannot start here, take the classic path.
+    """
 
     name = "bwrap"
+
+    def __init__(self, fork_server: bool = True) -> None:
+        self._fork_server = fork_server
+        self._zygote: Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
+
+    @property
+    def fast_path(self) -> bool:
+        """True while Python jobs run through a live fork server."""
+        return self._zygote is not None and self._zygote.alive
 
     async def check(self) -> None:
         _check_host()
@@ -201,7 +258,10 @@ class BwrapSandbox:
             )
 
     async def close(self) -> None:
-        pass  # nothing outlives a job
+        if self._zygote is not None:
+            await asyncio.to_thread(self._zygote.stop)
+            self._zygote = None
+        self._fork_server = False  # it runs no job afterwards; none may start one again
 
     def runtimes(self) -> list[RuntimeInfo]:
         return [
@@ -216,6 +276,64 @@ class BwrapSandbox:
                 verdict=Verdict.INTERNAL_ERROR,
                 reason=f"{spec.language} is not installed on this worker",
             )
+        if runtime.forkable and self._fork_server:
+            job = _zygote_job(spec, runtime)
+            for _ in range(2):  # a fork server found dead is replaced once, then it's broken
+                zygote = await self._running_zygote()
+                if zygote is None:
+                    break
+                try:
+                    return await self._run_forked(zygote, job, spec, on_output)
+                except ZygoteGoneError as exc:
+                    said = await asyncio.to_thread(zygote.stop)
+                    log.warning("%s; starting a new one (it said: %s)", exc, said)
+            else:
+                raise SandboxUnavailableError("the fork server keeps failing; see the log")
+        return await self._run_classic(spec, runtime, on_output)
+
+    async def _running_zygote(self) -> Zygote | None:
+        """The live fork server, started on first use; None when it cannot run here."""
+        async with self._zygote_lock:
+            if self._zygote is not None and self._zygote.alive:
+                return self._zygote
+            if not self._fork_server:
+                return None
+            _check_host()
+            zygote = Zygote(_zygote_argv, job_program(), zygote_program())
+            try:
+                await asyncio.to_thread(zygote.start)
+            except ZygoteGoneError as exc:
+                log.warning("%s; Python jobs take the classic path", exc)
+                self._fork_server = False
+                return None
+            weakref.finalize(self, zygote.stop)  # a sandbox dropped unclosed leaves no process
+            self._zygote = zygote
+            return zygote
+
+    async def _run_forked(
+        self, zygote: Zygote, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink
+    ) -> ExecResult:
+        cgroup = JobCgroup.create(spec.job_id, spec.limits)
+        process = None
+        try:
+            process = await zygote.spawn(job, spec.stdin, cgroup)
+            result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
+            if not process.reported and not zygote.alive:
+                # Its death took the job with it: the platform failed, not the program.
+                return ExecResult(
+                    verdict=Verdict.INTERNAL_ERROR, reason="the fork server died during the job"
+                )
+            return result
+        finally:
+            if process is None:
+                await cgroup.kill()  # an init process that joined before the failure
+            else:
+                process.close()
+            cgroup.remove()
+
+    async def _run_classic(
+        self, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
+    ) -> ExecResult:
         file_args, contents = _file_args(spec, runtime)
         filter_fd = seccomp_fd()
         # Compiled languages report the end of their compile step through this pipe.
@@ -236,11 +354,11 @@ class BwrapSandbox:
                 argv=_argv(widest, file_args, filter_fd, inner),
                 env={"CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files))},
                 pass_fds=[*contents, filter_fd, *([phase_write] if phase_write else [])],
-                phase_fd=phase_read,
             )
-            phase_read = None  # execute() owns it now
+            process = await spawn(command)
+            phase, phase_read = phase_read, None  # execute() owns it now
             return await execute(
-                command, spec.stdin, spec.limits, cgroup, on_output, compile_limits
+                process, spec.stdin, spec.limits, cgroup, on_output, compile_limits, phase
             )
         finally:
             for leftover in (*contents, filter_fd, phase_read, phase_write):

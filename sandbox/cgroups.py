@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import signal
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 PARENT = "crucible"
 _CPU_PERIOD_US = 100_000
+_KILL_FIRST_POLL_S = 0.0005
 _KILL_POLL_S = 0.01
-_KILL_ROUNDS = 500  # 5 s of polling; a frozen cgroup empties in milliseconds
+_KILL_TIMEOUT_S = 5.0  # a frozen cgroup empties in milliseconds
 _MIB = 1024 * 1024
 
 
@@ -85,6 +87,11 @@ class JobCgroup:
         """Where the job's first process writes its pid, once per controller."""
         return [path / "cgroup.procs" for path in self.dirs.values()]
 
+    def join(self, pid: int) -> None:
+        """Move process `pid` into the job's cgroup in every controller."""
+        for procs in self.procs_files:
+            _write(procs, pid)
+
     def reset_peak(self) -> None:
         """Forget the peak so far: a compiler's memory is not the program's."""
         _write(self.dirs["memory"] / "memory.max_usage_in_bytes", 0)
@@ -110,20 +117,22 @@ class JobCgroup:
 
     async def kill(self) -> None:
         """Kill every process of the job; freeze first so that nothing can fork meanwhile."""
+        if not self._tasks():
+            return  # already gone (the fork server's jobs end with their pid namespace)
         freezer = self.dirs["freezer"] / "freezer.state"
         _write(freezer, "FROZEN")
-        for _ in range(_KILL_ROUNDS):
-            tasks = self._tasks()
-            if not tasks:
-                break
+        pause_s = _KILL_FIRST_POLL_S
+        deadline = time.monotonic() + _KILL_TIMEOUT_S
+        while tasks := self._tasks():
+            if time.monotonic() > deadline:
+                raise SandboxUnavailableError(f"could not empty cgroup {self.dirs['pids']}")
             for pid in tasks:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             # Frozen tasks die only when thawed; SIGKILL is pending, so they cannot run on.
             _write(freezer, "THAWED")
-            await asyncio.sleep(_KILL_POLL_S)
-        else:
-            raise SandboxUnavailableError(f"could not empty cgroup {self.dirs['pids']}")
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, _KILL_POLL_S)  # most jobs are gone within a millisecond
 
     def remove(self) -> None:
         """Delete the (empty) cgroup directories."""

@@ -2,7 +2,7 @@
 
 A compiled language runs in two phases in one sandbox: the compiler under the compile
 limits, then the program under the job's. The wrapper reports the switch by writing a byte
-to a pipe (`Command.phase_fd`), which it closes before the program starts.
+to a pipe (`phase_fd`), which it closes before the program starts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from sandbox.cgroups import JobCgroup
 from sandbox.models import ExecLimits, ExecResult, OutputSink, Verdict
@@ -32,7 +32,6 @@ class Command:
     argv: Sequence[str]
     env: Mapping[str, str]
     pass_fds: Sequence[int]
-    phase_fd: int | None = None  # read end of the compile-phase pipe, for compiled languages
 
 
 @dataclass
@@ -77,16 +76,23 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-async def execute(
-    command: Command,
-    stdin: str,
-    limits: ExecLimits,
-    cgroup: JobCgroup,
-    on_output: OutputSink,
-    compile_limits: ExecLimits | None = None,
-) -> ExecResult:
-    """Run `command` (which joins `cgroup` first), stream its output, judge how it ended."""
-    process = await asyncio.create_subprocess_exec(
+class Process(Protocol):
+    """A started job: an asyncio subprocess, or a job forked by the zygote (`zygote.py`)."""
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...  # None: stdin was handed over whole
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+
+
+async def spawn(command: Command) -> asyncio.subprocess.Process:
+    """Start `command` (which joins its cgroup itself) with piped stdio."""
+    return await asyncio.create_subprocess_exec(
         *command.argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -96,7 +102,19 @@ async def execute(
         pass_fds=tuple(command.pass_fds),
         start_new_session=True,
     )
-    assert process.stdin and process.stdout and process.stderr
+
+
+async def execute(
+    process: Process,
+    stdin: str,
+    limits: ExecLimits,
+    cgroup: JobCgroup,
+    on_output: OutputSink,
+    compile_limits: ExecLimits | None = None,
+    phase_fd: int | None = None,
+) -> ExecResult:
+    """Run the started `process` (already in `cgroup`) to its end, streaming its output."""
+    assert process.stdout and process.stderr
     output = OutputCollector(on_output, limits.output_bytes)
     readers = [
         asyncio.create_task(output.read("stdout", process.stdout)),
@@ -104,10 +122,12 @@ async def execute(
     ]
     exited = asyncio.create_task(process.wait())
     overflow = asyncio.create_task(output.overflowed.wait())
-    phase_pipe = None if command.phase_fd is None else os.fdopen(command.phase_fd, "rb", 0)
+    phase_pipe = None if phase_fd is None else os.fdopen(phase_fd, "rb", 0)
     compiled = None if phase_pipe is None else asyncio.create_task(_wait_compiled(phase_pipe))
     phase = _Phase(compile_limits or limits, compile_limits is not None, time.monotonic(), 0.0)
-    helpers = [asyncio.create_task(_feed(process.stdin, stdin)), exited, overflow]
+    helpers: list[asyncio.Task[Any]] = [exited, overflow]
+    if process.stdin is not None:
+        helpers.append(asyncio.create_task(_feed(process.stdin, stdin)))
     cpu: asyncio.Task[None] | None = None
     try:
         while True:

@@ -32,6 +32,8 @@ class Runtime:
     flags: tuple[str, ...]
     compiled: bool = False  # interpreter is a compiler: `flags` compile, then BINARY runs
     link_flags: tuple[str, ...] = ()  # after the source file, where the linker wants them
+    # Runs in the bwrap backend's fork server: the interpreter is already started (zygote.py).
+    forkable: bool = False
 
     def argv(self, args: list[str], phase_fd: int | None = None) -> list[str]:
         """The command inside the sandbox; compiled languages report the phase on `phase_fd`."""
@@ -79,6 +81,7 @@ RUNTIMES: dict[str, Runtime] = {
         # streams as it is printed. Not -I: it would drop the script's dir from sys.path,
         # and a job's helper files must be importable.
         flags=("-E", "-s", "-u"),
+        forkable=True,
     ),
     "javascript": Runtime(
         language="javascript",

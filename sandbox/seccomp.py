@@ -86,10 +86,17 @@ _CLONE_NAMESPACES = (
 )
 
 
+# The fork server (`zygote_server.py`) builds each job's namespaces and mounts itself, so its
+# own filter lets these through; each job's init installs the whole filter before the job.
+_ZYGOTE_NEEDS = ("mount", "unshare", "setns")
+
+
 @cache
-def _program() -> bytes:
+def _program(zygote: bool = False) -> bytes:
     rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED_SYSCALLS:
+        if zygote and name in _ZYGOTE_NEEDS:
+            continue
         try:
             rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
         except (ValueError, RuntimeError):
@@ -107,6 +114,16 @@ def _program() -> bytes:
         rules.export_bpf(program)
         program.seek(0)
         return program.read()
+
+
+def job_program() -> bytes:
+    """The compiled BPF program every job runs under."""
+    return _program()
+
+
+def zygote_program() -> bytes:
+    """The compiled BPF program of the fork server: the job's, less what it needs to build one."""
+    return _program(zygote=True)
 
 
 def seccomp_fd() -> int:

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 import pytest
 
 from sandbox import Sandbox, create_sandbox
+from sandbox.bwrap import BwrapSandbox
 from sandbox.docker import DockerSandbox
 from sandbox.docker_pool import DockerSettings
 
-BACKENDS = ["bwrap", "docker"]
+# bwrap runs Python jobs through its fork server; bwrap-classic, a fresh bwrap each.
+BACKENDS = ["bwrap", "bwrap-classic", "docker"]
 
 
 def docker_missing() -> str | None:
@@ -43,9 +45,13 @@ async def open_sandbox(backend: str) -> AsyncIterator[Sandbox]:
         # Per test process: a concurrent run's orphan cleanup must not take our containers.
         owner = f"tests-{os.getpid()}"
         sandbox: Sandbox = DockerSandbox(DockerSettings(pool_size=1, owner=owner))
+    elif backend == "bwrap-classic":
+        sandbox = BwrapSandbox(fork_server=False)
     else:
         sandbox = create_sandbox(backend)
     await sandbox.check()
+    if backend == "bwrap" and isinstance(sandbox, BwrapSandbox) and not sandbox.fast_path:
+        pytest.fail("bwrap's fork server did not start, so its path goes untested: see the log")
     try:
         yield sandbox
     finally:

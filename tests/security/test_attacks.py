@@ -94,8 +94,11 @@ def can_read(path):
     except OSError:
         return False
 def read_bytes(path):
-    with open(path, 'rb') as f:
-        return f.read()
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except PermissionError:  # unreadable leaks nothing (the fork server's init is undumpable)
+        return b''
 def run_ok(argv):
     try:
         done = subprocess.run(argv, input='', capture_output=True, text=True, timeout=5)

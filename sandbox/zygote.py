@@ -1,0 +1,297 @@
+"""The worker's side of the fork server: start it, and ask it for one fresh sandbox per job.
+
+The zygote (`zygote_server.py`) is a Python interpreter started once inside bubblewrap. A
+job then costs two forks of an interpreter that is already running instead of a new
+bubblewrap sandbox and a new interpreter: a few milliseconds instead of tens.
+
+Per job, over a socket pair of its own: the job's init process says hello, and the kernel
+attaches the pid that the worker sees; the worker moves that process into the job's cgroup
+and only then sends the job, so nothing of the job runs outside its cgroup. Output comes
+back on pipes, as from a subprocess; stdin is handed over whole, in a read-only memfd.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import functools
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import BaseModel
+
+from sandbox.cgroups import JobCgroup
+from sandbox.errors import SandboxUnavailableError
+
+SERVER_SOURCE = Path(__file__).with_name("zygote_server.py")
+_START_TIMEOUT_S = 10.0
+_HELLO_TIMEOUT_S = 5.0
+_STATUS_BYTES = 4096
+_LAST_WORDS_CHARS = 2000
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_LEN = struct.Struct("!I")
+
+# Builds the zygote's command line from the fds it inherits: the control socket, the job
+# seccomp program, and the seccomp program bwrap applies to the zygote itself.
+ArgvFactory = Callable[[int, int, int], Sequence[str]]
+
+
+class ZygoteJob(BaseModel):
+    """What the job's init process needs to build its sandbox and start the program."""
+
+    entry: str
+    args: list[str]
+    files: dict[str, str]  # relative path -> content, the entry file included
+    disk_mb: int
+    shm_mb: int
+    nofile: int
+    cpu_s: int
+    file_bytes: int
+
+
+class ZygoteGoneError(SandboxUnavailableError):
+    """The fork server died or stopped answering; a new one may be started."""
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_only_stdin(stdin: str) -> int:
+    """The job's stdin as a file it can read and seek but never write."""
+    writable = _memfd("crucible-stdin", stdin.encode())
+    try:
+        return os.open(f"/proc/self/fd/{writable}", os.O_RDONLY)
+    finally:
+        os.close(writable)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def _hello_pid(sock: socket.socket) -> int:
+    """The pid (in the worker's pid namespace) of the process that sent the hello."""
+    while True:
+        try:
+            data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(_UCRED.size))
+            break
+        except BlockingIOError:
+            await _readable(sock)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _, _ = _UCRED.unpack(payload[: _UCRED.size])
+            if data == b"P" and pid > 0:
+                return pid
+    raise ZygoteGoneError("the fork server's job process did not say hello")
+
+
+class ZygoteProcess:
+    """A job forked by the zygote, with the interface `execution.execute` expects."""
+
+    stdin = None  # handed over whole at the start
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        transports: list[asyncio.BaseTransport],
+    ) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self._transports = transports
+        self._status = asyncio.create_task(self._read_status(sock))
+        self.reported = False  # True once the init process said how the job ended
+
+    @property
+    def returncode(self) -> int | None:
+        return self._status.result() if self._status.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._status)
+
+    async def _read_status(self, sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        data = b""
+        try:
+            while len(data) < _STATUS_BYTES:
+                more = await loop.sock_recv(sock, _STATUS_BYTES - len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            sock.close()
+        try:
+            returncode = json.loads(data)["returncode"]
+        except (ValueError, KeyError, TypeError):
+            # No report: the process was killed (limits, cancel) before it could say.
+            return -signal.SIGKILL
+        if not isinstance(returncode, int):
+            return -signal.SIGKILL
+        self.reported = True
+        return returncode
+
+    def close(self) -> None:
+        self._status.cancel()
+        for transport in self._transports:
+            transport.close()
+
+
+class Zygote:
+    """One running fork server. `spawn()` is safe to call from many jobs at once."""
+
+    def __init__(self, argv: ArgvFactory, job_filter: bytes, zygote_filter: bytes) -> None:
+        self._argv = argv
+        self._job_filter = job_filter
+        self._zygote_filter = zygote_filter
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._errors: BinaryIO | None = None  # the fork server's stderr, for its last words
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the fork server and wait until it is ready (blocking: call in a thread)."""
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        filters = [
+            _memfd("crucible-job-seccomp", self._job_filter),
+            _memfd("crucible-zygote-seccomp", self._zygote_filter),
+        ]
+        inherited = [theirs.fileno(), *filters]
+        source = _memfd("crucible-zygote", SERVER_SOURCE.read_bytes())
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the server's life
+        try:
+            self._process = subprocess.Popen(
+                list(self._argv(*inherited)),
+                stdin=source,  # python3 reads the program from stdin: no file in the sandbox
+                stdout=subprocess.DEVNULL,
+                stderr=self._errors,
+                env={},
+                cwd="/",
+                pass_fds=inherited,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+            for fd in (*filters, source):
+                os.close(fd)
+        control.settimeout(_START_TIMEOUT_S)
+        try:
+            ready = control.recv(1)
+        except OSError:
+            ready = b""
+        if ready != b"R":
+            control.close()
+            raise ZygoteGoneError(f"the fork server did not start: {self.stop()}")
+        control.setblocking(False)
+        self._control = control
+
+    async def spawn(self, job: ZygoteJob, stdin: str, cgroup: JobCgroup) -> ZygoteProcess:
+        """Fork a fresh sandbox for `job`, inside `cgroup`, and start it."""
+        if self._control is None or not self.alive:
+            raise ZygoteGoneError("the fork server is not running")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ours.setblocking(False)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        handed = [theirs.fileno(), _read_only_stdin(stdin), out_write, err_write]
+        try:
+            self._control.sendmsg(
+                [b"J"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", handed))]
+            )
+        except OSError as exc:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            ours.close()
+            raise ZygoteGoneError(f"the fork server is gone: {exc}") from exc
+        finally:
+            theirs.close()
+            for fd in handed[1:]:
+                os.close(fd)
+        try:
+            stdout, stderr, transports = await _pipe_readers(out_read, err_read)
+        except BaseException:
+            ours.close()
+            raise
+        try:
+            pid = await asyncio.wait_for(_hello_pid(ours), _HELLO_TIMEOUT_S)
+            cgroup.join(pid)  # before the job is sent: nothing of it runs outside its cgroup
+            body = job.model_dump_json().encode()
+            await asyncio.get_running_loop().sock_sendall(ours, _LEN.pack(len(body)) + body)
+        except BaseException as exc:
+            ours.close()
+            for transport in transports:
+                transport.close()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise ZygoteGoneError(f"the fork server did not start the job: {exc!r}") from exc
+            raise
+        return ZygoteProcess(ours, stdout, stderr, transports)
+
+    def stop(self) -> str:
+        """Kill the fork server (jobs it forked die with it); what it said on stderr."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            with suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=_START_TIMEOUT_S)
+        if self._errors is None:
+            return ""
+        self._errors.seek(0)
+        said = self._errors.read().decode(errors="replace").strip()[-_LAST_WORDS_CHARS:]
+        self._errors.close()
+        self._errors = None
+        return said or "no output"
+
+
+def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
+    return protocol
+
+
+async def _pipe_readers(
+    *fds: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamReader, list[asyncio.BaseTransport]]:
+    loop = asyncio.get_running_loop()
+    pipes: list[Any] = [os.fdopen(fd, "rb", 0) for fd in fds]
+    readers = [asyncio.StreamReader() for _ in fds]
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        for pipe, reader in zip(pipes, readers, strict=True):
+            protocol = asyncio.StreamReaderProtocol(reader)
+            read_end, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
+            transports.append(read_end)
+    except BaseException:
+        for transport in transports:
+            transport.close()
+        for pipe in pipes[len(transports) :]:
+            pipe.close()
+        raise
+    return readers[0], readers[1], transports

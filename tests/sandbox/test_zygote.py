@@ -1,0 +1,202 @@
+"""The bwrap backend's fork server: a job forked from a started interpreter must be as fresh,
+as isolated and as limited as one in a new bubblewrap sandbox, and a broken fork server must
+cost no job a wrong verdict.
+
+Attacks write markers and never delete anything; a sandbox that fails lets them be seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict
+from sandbox.bwrap import BwrapSandbox
+
+
+@pytest.fixture
+async def forked() -> AsyncIterator[BwrapSandbox]:
+    sandbox = BwrapSandbox()
+    await sandbox.check()
+    assert sandbox.fast_path, "the fork server did not start here"
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()
+
+
+async def run(sandbox: BwrapSandbox, code: str, **fields: object) -> ExecResult:
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    limits = ExecLimits(**fields.pop("limits", {}))  # type: ignore[arg-type]
+    spec = ExecSpec(job_id="j-zygote", language="python", code=code, limits=limits, **fields)  # type: ignore[arg-type]
+    return await sandbox.run(spec, ignore)
+
+
+def _status(result: ExecResult) -> dict[str, str]:
+    fields = (line.partition(":") for line in result.stdout.splitlines())
+    return {key: value.strip() for key, _, value in fields}
+
+
+async def test_the_job_holds_no_capability_and_both_seccomp_filters(forked: BwrapSandbox) -> None:
+    # The fork server itself holds CAP_SYS_ADMIN; its init must leave the job none of it.
+    result = await run(forked, "print(open('/proc/self/status').read())")
+    status = _status(result)
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"] == "1"
+    # The fork server's filter (which lets mount and unshare through) and the job's own.
+    assert status["Seccomp"] == "2" and status["Seccomp_filters"] == "2"
+    assert (status["Uid"].split()[0], status["Pid"]) == ("65534", "2")
+
+
+async def test_a_job_finds_nothing_of_an_earlier_job_in_its_memory(forked: BwrapSandbox) -> None:
+    secret = uuid.uuid4().hex
+    first = await run(forked, f"SECRET = {secret!r}\nprint(len(SECRET))")
+    assert first.stdout == "32\n"
+    # The second job knows only the secret's hash, and scans all of its own memory for it.
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    # A control it must find: a value of its own, assembled at run time as the secret was.
+    control = uuid.uuid4().hex
+    control_digest = hashlib.sha256(control.encode()).hexdigest()
+    scan = (
+        "import hashlib, re\n"
+        f"control = ''.join(reversed({control[::-1]!r}))\n"
+        "found = seen = 0\n"
+        "with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:\n"
+        "    for line in maps:\n"
+        "        start, end = (int(x, 16) for x in line.split()[0].split('-'))\n"
+        "        try:\n"
+        "            mem.seek(start)\n"
+        "            chunk = mem.read(end - start)\n"
+        "        except (OSError, ValueError, OverflowError):\n"
+        "            continue\n"
+        "        for m in re.finditer(rb'[0-9a-f]{32}', chunk):\n"
+        "            h = hashlib.sha256(m.group()).hexdigest()\n"
+        f"            found += h == {digest!r}\n"
+        f"            seen += h == {control_digest!r}\n"
+        "print('FOUND' if found else 'CLEAN', 'scanned' if seen else 'blind')\n"
+    )
+    result = await run(forked, scan, limits={"memory_mb": 512, "wall_time_s": 30})
+    assert result.stdout == "CLEAN scanned\n", result
+
+
+async def test_the_init_cannot_be_traced_killed_or_rewritten(forked: BwrapSandbox) -> None:
+    code = (
+        "import os, signal\n"
+        "for path, mode in (('/proc/1/mem', 'r+b'), ('/proc/1/environ', 'rb')):\n"
+        "    try:\n"
+        "        open(path, mode).read(1)\n"
+        "        print('ESCAPED', path)\n"
+        "    except OSError:\n"
+        "        print('BLOCKED', path)\n"
+        "os.kill(1, signal.SIGKILL)\n"  # pid 1 ignores what it does not handle
+        "print('init', 'alive' if os.path.exists('/proc/1') else 'gone')\n"
+    )
+    result = await run(forked, code)
+    assert "ESCAPED" not in result.stdout and result.stdout.count("BLOCKED") == 2, result
+    assert "init alive" in result.stdout and result.verdict is Verdict.ACCEPTED
+
+
+async def test_concurrent_jobs_each_get_their_own_sandbox(forked: BwrapSandbox) -> None:
+    code = (
+        "import os, sys, time\n"
+        "open('/tmp/mine', 'w').write(sys.argv[1])\n"
+        "time.sleep(0.3)\n"
+        "print(sys.argv[1], open('/tmp/mine').read(), os.listdir('/work'), "
+        "sorted(p for p in os.listdir('/proc') if p.isdigit()))\n"
+    )
+    results = await asyncio.gather(*(run(forked, code, args=[str(i)]) for i in range(6)))
+    for i, result in enumerate(results):
+        assert result.stdout == f"{i} {i} ['main.py'] ['1', '2']\n", result
+
+
+async def test_a_forked_job_behaves_like_a_fresh_interpreter(forked: BwrapSandbox) -> None:
+    code = (
+        "import atexit, math, random, sys, threading, time\n"
+        "print(__name__, __file__, sys.argv, sys.path[0], 'typing' in sys.modules)\n"
+        "math.pi = 3\n"  # module state a later job must not inherit
+        "print(random.random())\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\n"
+    )
+    first, second = await run(forked, code), await run(forked, "import math; print(math.pi)")
+    lines = first.stdout.splitlines()
+    assert lines[0] == "__main__ /work/main.py ['main.py'] /work True", first
+    assert lines[2:] == ["thread done", "atexit ran"], first
+    assert second.stdout.startswith("3.14159"), second
+    third = await run(forked, "import random; print(random.random())")
+    assert third.stdout.strip() != lines[1]  # every fork reseeds
+
+
+async def test_exits_and_tracebacks_read_as_python3s(forked: BwrapSandbox) -> None:
+    crash = await run(forked, "def f():\n    1 / 0\nf()")
+    assert crash.exit_code == 1 and crash.stderr.startswith(
+        'Traceback (most recent call last):\n  File "/work/main.py", line 3, in <module>\n'
+    ), crash.stderr
+    assert "<stdin>" not in crash.stderr  # nothing of the fork server's own frames
+    syntax = await run(forked, "print(")
+    assert syntax.stderr.startswith('  File "/work/main.py", line 1'), syntax.stderr
+    assert "SyntaxError" in syntax.stderr
+    worded = await run(forked, "raise SystemExit('bye')")
+    assert (worded.exit_code, worded.stderr) == (1, "bye\n")
+    assert (await run(forked, "import sys; sys.exit(7)")).exit_code == 7
+    killed = await run(forked, "import os; os.kill(os.getpid(), 9)")
+    assert (killed.verdict, killed.signal) == (Verdict.RUNTIME_ERROR, "SIGKILL")
+
+
+def _fork_servers() -> list[int]:
+    """Our own fork servers' processes: the zygote's python3, below this test process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            ancestors = _ancestors(int(entry.name))
+        except OSError:
+            continue
+        if cmdline[:5] == [b"/usr/bin/python3", b"-E", b"-s", b"-u", b"-"] and (
+            os.getpid() in ancestors
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rpartition(")")[2].split()[1])
+        seen.add(pid)
+    return seen
+
+
+async def test_a_dead_fork_server_is_an_internal_error_then_replaced(forked: BwrapSandbox) -> None:
+    chunks: list[OutputChunk] = []
+
+    async def collect(chunk: OutputChunk) -> None:
+        chunks.append(chunk)
+
+    code = "import time\nprint('up', flush=True)\ntime.sleep(30)"
+    spec = ExecSpec(job_id="j-zygote", language="python", code=code)
+    running = asyncio.create_task(forked.run(spec, collect))
+    while not chunks:
+        await asyncio.sleep(0.02)
+    servers = _fork_servers()
+    assert servers
+    for pid in servers:
+        os.kill(pid, signal.SIGKILL)
+    result = await running
+    assert result.verdict is Verdict.INTERNAL_ERROR, result  # not the program's fault
+    after = await run(forked, "print('again')")
+    assert (after.verdict, after.stdout) == (Verdict.ACCEPTED, "again\n")
+    assert forked.fast_path
