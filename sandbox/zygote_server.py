@@ -47,6 +47,7 @@ from typing import Any, NoReturn
 _WARM_MODULES = (
     "typing", "math", "re", "collections", "itertools", "functools", "heapq", "string",
     "bisect", "copy", "random", "hashlib", "dataclasses", "fractions", "decimal", "statistics",
+    "contextlib", "faulthandler", "io",
 )  # fmt: skip
 
 WORK_DIR = "/work"
@@ -210,6 +211,9 @@ class Init:
         """In the job process, the job to run; the init process itself never returns."""
         try:
             self.sock.sendall(b"P")  # the kernel adds our pid; the worker moves us into the cgroup
+            # What does not depend on the job is built while the worker moves us, before the
+            # job is even sent: so nothing of the job runs, or is read, outside its cgroup.
+            self._isolate()
             (size,) = _LEN.unpack(_read_exactly(self.sock, _LEN.size))
             spec = json.loads(_read_exactly(self.sock, size))
             self._build(spec)
@@ -223,11 +227,9 @@ class Init:
             os.close(fd)  # the job's output ends when the job's processes are gone
         self._report(self._wait(pid))
 
-    def _build(self, spec: dict[str, Any]) -> None:
-        _check(
-            _libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWNET | _CLONE_NEWCGROUP),
-            "unshare",
-        )
+    def _isolate(self) -> None:
+        """Namespaces of the job's own: mounts, System V IPC, network (a lone loopback)."""
+        _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWNET), "unshare")
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
         # A /proc of this pid namespace only: no other job's processes in it.
         _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
@@ -237,6 +239,11 @@ class Init:
                 _mount(path, path, None, _MS_BIND | _MS_REC)
                 flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
                 _mount(None, path, None, flags)
+        self._loopback_up()
+
+    def _build(self, spec: dict[str, Any]) -> None:
+        # Now in the job's cgroup: a cgroup namespace rooted there hides the host's tree.
+        _check(_libc.unshare(_CLONE_NEWCGROUP), "unshare cgroup namespace")
         disk = f"mode=0755,size={spec['disk_mb'] * _MIB}"
         _mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV,
                f"mode=0755,size={spec['shm_mb'] * _MIB}")  # fmt: skip
@@ -247,7 +254,6 @@ class Init:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as out:
                 out.write(content)
-        self._loopback_up()
         os.chdir(WORK_DIR)
         self._drop_privileges()
 
