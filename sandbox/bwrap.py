@@ -27,6 +27,8 @@ import weakref
 from functools import cache
 from pathlib import Path, PurePosixPath
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from sandbox.base import register
 from sandbox.cgroups import JobCgroup, check_cgroups
 from sandbox.errors import SandboxUnavailableError
@@ -224,17 +226,28 @@ def _check_host() -> None:
         )
 
 
+class BwrapSettings(BaseSettings):
+    """`CRUCIBLE_BWRAP_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_BWRAP_")
+
+    fork_server: bool = True
+
+
 @register("bwrap")
 class BwrapSandbox:
     """Each job in fresh bubblewrap namespaces and its own cgroup.
 
-    `fork_server=True` (the default) runs Python jobs through the fork server; other
-    languages, and Python when the fork server cannot start here, take the classic path.
+    With the fork server (the default; `CRUCIBLE_BWRAP_FORK_SERVER=0` turns it off), Python
+    jobs run through it; other languages, and Python where it cannot start, take the classic
+    path.
     """
 
     name = "bwrap"
 
-    def __init__(self, fork_server: bool = True) -> None:
+    def __init__(self, fork_server: bool | None = None) -> None:
+        if fork_server is None:
+            fork_server = BwrapSettings().fork_server
         self._fork_server = fork_server
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
