@@ -23,7 +23,9 @@ import logging
 import math
 import os
 import shutil
+import time
 import weakref
+from contextlib import suppress
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -45,7 +47,7 @@ from sandbox.models import (
 )
 from sandbox.runtimes import COMPILE_LIMITS, RUNTIMES, Runtime, available_runtimes
 from sandbox.seccomp import job_program, seccomp_fd, zygote_program
-from sandbox.zygote import Zygote, ZygoteGoneError, ZygoteJob
+from sandbox.zygote import ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ _PACKAGES = {"bwrap": "bubblewrap", "setpriv": "util-linux"}
 # The fork server builds each job's namespaces and mounts; every job's init drops all three.
 _ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
 _ZYGOTE_LIMITS = ExecLimits(disk_mb=1)  # its own dirs stay empty: each job mounts fresh ones
+_READY_INITS = 2  # inits built ahead of their jobs: jobs start without waiting for one
+_ABANDON_WAIT_S = 2.0
+_ABANDON_POLL_S = 0.01
 _SETPRIV_FLAGS = [
     f"--reuid={SANDBOX_UID}",
     f"--regid={SANDBOX_UID}",
@@ -206,6 +211,35 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
     )
 
 
+async def _prepare(zygote: Zygote) -> tuple[JobCgroup, ReadyInit]:
+    # The default limits until the job's own are known; the name, too, is the job's later.
+    cgroup = JobCgroup.create("ready", ExecLimits())
+    try:
+        return cgroup, await zygote.prepare(cgroup)
+    except BaseException:
+        await cgroup.kill()
+        cgroup.remove()
+        raise
+
+
+def _abandon(zygote: Zygote, ready: list[tuple[JobCgroup, ReadyInit]]) -> None:
+    for _, init in ready:
+        init.discard()
+    zygote.stop()  # its inits die with it
+    deadline = time.monotonic() + _ABANDON_WAIT_S
+    for cgroup, _ in ready:
+        while not cgroup.empty and time.monotonic() < deadline:
+            time.sleep(_ABANDON_POLL_S)
+        cgroup.remove()
+    ready.clear()
+
+
+async def _discard(cgroup: JobCgroup, init: ReadyInit) -> None:
+    init.discard()
+    await cgroup.kill()
+    cgroup.remove()
+
+
 @cache
 def _tool(name: str) -> str:
     """The absolute path of a host tool, found once on the worker's PATH."""
@@ -251,6 +285,8 @@ class BwrapSandbox:
         self._fork_server = fork_server
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
+        self._ready: list[tuple[JobCgroup, ReadyInit]] = []  # inits waiting for their job
+        self._refill: asyncio.Task[None] | None = None
 
     @property
     def fast_path(self) -> bool:
@@ -271,6 +307,12 @@ class BwrapSandbox:
             )
 
     async def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._refill
+        while self._ready:
+            await _discard(*self._ready.pop())
         if self._zygote is not None:
             await asyncio.to_thread(self._zygote.stop)
             self._zygote = None
@@ -319,17 +361,20 @@ class BwrapSandbox:
                 log.warning("%s; Python jobs take the classic path", exc)
                 self._fork_server = False
                 return None
-            weakref.finalize(self, zygote.stop)  # a sandbox dropped unclosed leaves no process
+            # A sandbox dropped unclosed leaves no process, socket or cgroup behind.
+            weakref.finalize(self, _abandon, zygote, self._ready)
             self._zygote = zygote
             return zygote
 
     async def _run_forked(
         self, zygote: Zygote, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink
     ) -> ExecResult:
-        cgroup = JobCgroup.create(spec.job_id, spec.limits)
+        cgroup, init = await self._take_ready(zygote)
         process = None
         try:
-            process = await zygote.spawn(job, spec.stdin, cgroup)
+            cgroup.rename(spec.job_id)
+            cgroup.apply(spec.limits)
+            process = await init.start(job, spec.stdin)
             result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
             if not process.reported and not zygote.alive:
                 # Its death took the job with it: the platform failed, not the program.
@@ -339,10 +384,33 @@ class BwrapSandbox:
             return result
         finally:
             if process is None:
-                await cgroup.kill()  # an init process that joined before the failure
+                init.discard()
+                await cgroup.kill()
             else:
                 process.close()
             cgroup.remove()
+
+    async def _take_ready(self, zygote: Zygote) -> tuple[JobCgroup, ReadyInit]:
+        """An init built ahead of its job if one waits, else a new one; then refill."""
+        taken = None
+        while self._ready and taken is None:
+            cgroup, init = self._ready.pop()
+            if init.waiting:
+                taken = cgroup, init
+            else:
+                await _discard(cgroup, init)
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._fill(zygote))
+        return taken or await _prepare(zygote)
+
+    async def _fill(self, zygote: Zygote) -> None:
+        # Built while jobs run, so that the next job finds its namespaces, /proc and cgroup
+        # made: its own start is then only its files, its limits and a fork.
+        while len(self._ready) < _READY_INITS and zygote.alive:
+            try:
+                self._ready.append(await _prepare(zygote))
+            except ZygoteGoneError:
+                return  # the next job finds out, and replaces the fork server
 
     async def _run_classic(
         self, spec: ExecSpec, runtime: Runtime, on_output: OutputSink

@@ -26,14 +26,30 @@ _KILL_FIRST_POLL_S = 0.0005
 _KILL_POLL_S = 0.01
 _KILL_TIMEOUT_S = 5.0  # a frozen cgroup empties in milliseconds
 _MIB = 1024 * 1024
+_READ_BYTES = 64  # a counter's value, with room
 
 
 def _write(path: Path, value: str | int) -> None:
-    path.write_text(str(value))
+    # os-level calls: a job reads and writes a dozen of these files, and pathlib's text
+    # layer costs more than the kernel does here.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: Path) -> int:
-    return int(path.read_text().split()[0])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return int(os.read(fd, _READ_BYTES).split()[0])
+    finally:
+        os.close(fd)
+
+
+def _name(job_id: str) -> str:
+    # A random suffix: a redelivered job (same id) may overlap a dying earlier attempt.
+    return f"{job_id}-{secrets.token_hex(4)}"
 
 
 def check_cgroups() -> None:
@@ -57,9 +73,7 @@ class JobCgroup:
 
     @classmethod
     def create(cls, job_id: str, limits: ExecLimits) -> JobCgroup:
-        # A random suffix: a redelivered job (same id) may overlap a dying earlier attempt.
-        name = f"{job_id}-{secrets.token_hex(4)}"
-        dirs = {c: CGROUP_ROOT / c / PARENT / name for c in CONTROLLERS}
+        dirs = {c: CGROUP_ROOT / c / PARENT / _name(job_id) for c in CONTROLLERS}
         for path in dirs.values():
             path.mkdir(parents=True)
         cgroup = cls(dirs)
@@ -87,6 +101,12 @@ class JobCgroup:
         """Where the job's first process writes its pid, once per controller."""
         return [path / "cgroup.procs" for path in self.dirs.values()]
 
+    def rename(self, job_id: str) -> None:
+        """Name a cgroup made before its job was known after the job (v1 renames in place)."""
+        name = _name(job_id)
+        for controller, path in self.dirs.items():
+            self.dirs[controller] = path.rename(path.with_name(name))
+
     def join(self, pid: int) -> None:
         """Move process `pid` into the job's cgroup in every controller."""
         for procs in self.procs_files:
@@ -110,6 +130,10 @@ class JobCgroup:
                 return int(value) > 0
         # Older kernels do not count OOM kills; hitting the limit at all is the best sign.
         return _read_int(self.dirs["memory"] / "memory.failcnt") > 0
+
+    @property
+    def empty(self) -> bool:
+        return not self._tasks()
 
     def _tasks(self) -> list[int]:
         text = (self.dirs["pids"] / "cgroup.procs").read_text()

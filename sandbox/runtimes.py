@@ -113,6 +113,7 @@ RUNTIMES: dict[str, Runtime] = {
 }
 
 
+@cache  # asked per job; an interpreter does not come or go while a worker runs
 def available_runtimes() -> dict[str, Runtime]:
     """The runtimes whose interpreter is installed on this host."""
     return {name: rt for name, rt in RUNTIMES.items() if Path(rt.interpreter).exists()}

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -161,6 +162,62 @@ class ZygoteProcess:
             transport.close()
 
 
+class ReadyInit:
+    """A job's init process, forked and inside its cgroup, waiting for its job."""
+
+    def __init__(self, sock: socket.socket, stdout_fd: int, stderr_fd: int) -> None:
+        self._sock: socket.socket | None = sock
+        self._fds = [stdout_fd, stderr_fd]
+
+    @property
+    def waiting(self) -> bool:
+        """False once the init is gone (it says nothing more until its job has ended)."""
+        if self._sock is None:
+            return False
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return not readable
+
+    async def start(self, job: ZygoteJob, stdin: str) -> ZygoteProcess:
+        """Send the job (and its stdin); the init builds the rest and forks the program."""
+        if self._sock is None:
+            raise ZygoteGoneError("this init was discarded")
+        sock, self._sock = self._sock, None
+        body = job.model_dump_json().encode()
+        stdin_fd = _read_only_stdin(stdin)
+        try:
+            stdout, stderr, transports = await _pipe_readers(*self._fds)
+            self._fds = []
+        except BaseException:
+            sock.close()
+            os.close(stdin_fd)
+            raise
+        try:
+            sock.sendmsg(
+                [_LEN.pack(len(body))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stdin_fd]))],
+            )
+            await asyncio.get_running_loop().sock_sendall(sock, body)
+        except BaseException as exc:
+            sock.close()
+            for transport in transports:
+                transport.close()
+            if isinstance(exc, OSError):
+                raise ZygoteGoneError(f"the job's init is gone: {exc!r}") from exc
+            raise
+        finally:
+            os.close(stdin_fd)
+        return ZygoteProcess(sock, stdout, stderr, transports)
+
+    def discard(self) -> None:
+        """Let the init go without a job (it exits when its socket closes)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
 class Zygote:
     """One running fork server. `spawn()` is safe to call from many jobs at once."""
 
@@ -212,8 +269,8 @@ class Zygote:
         control.setblocking(False)
         self._control = control
 
-    async def spawn(self, job: ZygoteJob, stdin: str, cgroup: JobCgroup) -> ZygoteProcess:
-        """Fork a fresh sandbox for `job`, inside `cgroup`, and start it."""
+    async def prepare(self, cgroup: JobCgroup) -> ReadyInit:
+        """Fork a job's init into `cgroup`; it builds what needs no job, then waits for one."""
         if self._control is None or not self.alive:
             raise ZygoteGoneError("the fork server is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -221,38 +278,26 @@ class Zygote:
         ours.setblocking(False)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        handed = [theirs.fileno(), _read_only_stdin(stdin), out_write, err_write]
+        ready = ReadyInit(ours, out_read, err_read)
+        handed = [theirs.fileno(), out_write, err_write]
         try:
             self._control.sendmsg(
                 [b"J"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", handed))]
             )
-        except OSError as exc:
-            for fd in (out_read, err_read):
-                os.close(fd)
-            ours.close()
-            raise ZygoteGoneError(f"the fork server is gone: {exc}") from exc
+            pid = await asyncio.wait_for(_hello_pid(ours), _HELLO_TIMEOUT_S)
+            # Before the job is sent: nothing of it runs outside its cgroup. In a thread: a
+            # move can wait for an RCU grace period, which must not stall the worker's loop.
+            await asyncio.to_thread(cgroup.join, pid)
+        except BaseException as exc:
+            ready.discard()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise ZygoteGoneError(f"the fork server did not fork an init: {exc!r}") from exc
+            raise
         finally:
             theirs.close()
-            for fd in handed[1:]:
-                os.close(fd)
-        try:
-            stdout, stderr, transports = await _pipe_readers(out_read, err_read)
-        except BaseException:
-            ours.close()
-            raise
-        try:
-            pid = await asyncio.wait_for(_hello_pid(ours), _HELLO_TIMEOUT_S)
-            cgroup.join(pid)  # before the job is sent: nothing of it runs outside its cgroup
-            body = job.model_dump_json().encode()
-            await asyncio.get_running_loop().sock_sendall(ours, _LEN.pack(len(body)) + body)
-        except BaseException as exc:
-            ours.close()
-            for transport in transports:
-                transport.close()
-            if isinstance(exc, (OSError, TimeoutError)):
-                raise ZygoteGoneError(f"the fork server did not start the job: {exc!r}") from exc
-            raise
-        return ZygoteProcess(ours, stdout, stderr, transports)
+            os.close(out_write)
+            os.close(err_write)
+        return ready
 
     def stop(self) -> str:
         """Kill the fork server (jobs it forked die with it); what it said on stderr."""

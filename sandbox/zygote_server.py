@@ -10,13 +10,15 @@ new bubblewrap sandbox and a new interpreter.
       init (pid 1 of a new pid namespace; joins the job's cgroup, builds the sandbox)
         job  (pid 2: no capabilities, the job's seccomp filter, rlimits, the job's code)
 
-Per job, the worker sends one message on the control socket carrying four descriptors: the
-job's own socket, its stdin, stdout and stderr. The zygote only forks and forgets: it never
+Per job, the worker sends one message on the control socket carrying three descriptors:
+the job's own socket, its stdout and stderr. The zygote only forks and forgets: it never
 reads a job's code, so nothing of one job is left in the memory that the next job is forked
 from. The init process says hello on the job socket (the kernel attaches its pid, as the
-worker sees it, to the message), waits while the worker moves it into the job's cgroup,
-reads the job, unshares mount, ipc, network and cgroup namespaces, mounts a fresh /proc and
-fresh size-capped tmpfs dirs, writes the files, drops every capability, installs the job's
+worker sees it, to the message) and, while the worker moves it into the job's cgroup,
+unshares mount, ipc and network namespaces and mounts a fresh /proc: all that needs no job,
+so the worker can keep a few inits ready before their jobs exist. Then it reads the job
+(its stdin comes attached, as a descriptor), unshares a cgroup namespace, mounts fresh
+size-capped tmpfs dirs, writes the files, drops every capability, installs the job's
 seccomp filter and forks the job. It reports how the job ended, then exits, which kills
 whatever the job left running.
 """
@@ -55,7 +57,7 @@ _SETUP_FAILED = 125  # as the classic path's entry shell reports a sandbox that 
 _SIGNAL_BASE = 128  # a job killed by signal N is reported as 128 + N, as bwrap does
 _MIB = 1024 * 1024
 _LEN = struct.Struct("!I")
-_FD_COUNT = 4  # job socket, stdin, stdout, stderr
+_FD_COUNT = 3  # the job socket, stdout, stderr; stdin comes with the job
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWCGROUP = 0x02000000
@@ -136,10 +138,18 @@ class Zygote:
     def __init__(self, control_fd: int, filter_fd: int) -> None:
         self.control = socket.socket(fileno=control_fd)
         with os.fdopen(filter_fd, "rb") as program:
-            self.job_filter = program.read()
+            job_filter = program.read()
+        # Made once: every job's init installs the same program.
+        self.filter_buffer = ctypes.create_string_buffer(job_filter, len(job_filter))
+        self.filter_prog = _SockFprog(len(job_filter) // 8, ctypes.addressof(self.filter_buffer))
+        self.filter_address = ctypes.addressof(self.filter_prog)
         self.pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        with open("/proc/sys/kernel/cap_last_cap") as last_cap:
-            self.last_cap = int(last_cap.read())
+        # The capabilities left in the bounding set (bwrap kept only ours), for inits to drop.
+        with open("/proc/self/status") as status:
+            bounding = next(
+                int(line.split()[1], 16) for line in status if line.startswith("CapBnd")
+            )
+        self.bounding_caps = [cap for cap in range(bounding.bit_length()) if bounding >> cap & 1]
 
     def serve(self) -> _Job:
         """Fork a sandbox per request until the worker goes; returns only in a job process."""
@@ -214,18 +224,33 @@ class Init:
             # What does not depend on the job is built while the worker moves us, before the
             # job is even sent: so nothing of the job runs, or is read, outside its cgroup.
             self._isolate()
-            (size,) = _LEN.unpack(_read_exactly(self.sock, _LEN.size))
-            spec = json.loads(_read_exactly(self.sock, size))
+            spec = self._receive_job()
             self._build(spec)
             pid = os.fork()
         except Exception:  # whatever stopped the sandbox being built, the worker is told
-            os.write(self.stdio[2], traceback.format_exc().encode())
+            os.write(self.stdio[-1], traceback.format_exc().encode())
             self._report(_SETUP_FAILED)
         if pid == 0:
             return self._become_job(spec)
         for fd in self.stdio:
             os.close(fd)  # the job's output ends when the job's processes are gone
         self._report(self._wait(pid))
+
+    def _receive_job(self) -> dict[str, Any]:
+        """The job: its length with its stdin (a descriptor) attached, then its JSON."""
+        head, ancillary, _, _ = self.sock.recvmsg(_LEN.size, socket.CMSG_SPACE(4))
+        if not head:
+            raise EOFError("the worker closed the job socket")
+        stdin = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                stdin.frombytes(data[: len(data) - len(data) % stdin.itemsize])
+        if len(stdin) != 1:
+            raise ValueError("the job came without its stdin")
+        self.stdio = [stdin[0], *self.stdio]
+        (size,) = _LEN.unpack(head + _read_exactly(self.sock, _LEN.size - len(head)))
+        job: dict[str, Any] = json.loads(_read_exactly(self.sock, size))
+        return job
 
     def _isolate(self) -> None:
         """Namespaces of the job's own: mounts, System V IPC, network (a lone loopback)."""
@@ -263,17 +288,21 @@ class Init:
             fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", _IFF_UP))
 
     def _drop_privileges(self) -> None:
-        for cap in range(self.zygote.last_cap + 1):
+        for cap in self.zygote.bounding_caps:
             _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding set")
         _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient")
         header = _CapHeader(_CAPABILITY_VERSION_3, 0)
         empty = (_CapData * 2)()
         _check(_libc.capset(ctypes.byref(header), empty), "capset")
-        program = ctypes.create_string_buffer(self.zygote.job_filter, len(self.zygote.job_filter))
-        fprog = _SockFprog(len(self.zygote.job_filter) // 8, ctypes.addressof(program))
         # no_new_privs is already set (bwrap sets it for the whole sandbox) and stays set.
         _check(
-            _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+            _libc.prctl(
+                _PR_SET_SECCOMP,
+                _SECCOMP_MODE_FILTER,
+                ctypes.addressof(self.zygote.filter_prog),
+                0,
+                0,
+            ),
             "seccomp",
         )
         # The job runs as the same uid: non-dumpable, this process cannot be traced or have
