@@ -13,19 +13,15 @@ bwrap then runs as the unprivileged host uid 65534, never as root.
 
 Python jobs take the fast path: a fork server started once in a bubblewrap sandbox of its
 own forks each job into fresh namespaces, cgroup, tmpfs dirs, seccomp filter and rlimits
-(`zygote.py`, `zygote_server.py`), so a job no longer pays for a new interpreter.
+(`fork_server.py`, `zygote.py`, `zygote_server.py`), so a job no longer pays for a new
+interpreter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import os
 import shutil
-import time
-import weakref
-from contextlib import suppress
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -36,6 +32,7 @@ from sandbox.cgroups import JobCgroup, check_cgroups
 from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import SETUP_FAILED, Command, execute, spawn
 from sandbox.files import check_file_names
+from sandbox.fork_server import ForkServer
 from sandbox.models import (
     ExecLimits,
     ExecResult,
@@ -46,10 +43,8 @@ from sandbox.models import (
     Verdict,
 )
 from sandbox.runtimes import COMPILE_LIMITS, RUNTIMES, Runtime, available_runtimes
-from sandbox.seccomp import job_program, seccomp_fd, zygote_program
-from sandbox.zygote import ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
-
-log = logging.getLogger(__name__)
+from sandbox.seccomp import seccomp_fd
+from sandbox.zygote import ZygoteJob
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
 WORK_DIR = "/work"
@@ -73,9 +68,6 @@ _PACKAGES = {"bwrap": "bubblewrap", "setpriv": "util-linux"}
 # The fork server builds each job's namespaces and mounts; every job's init drops all three.
 _ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
 _ZYGOTE_LIMITS = ExecLimits(disk_mb=1)  # its own dirs stay empty: each job mounts fresh ones
-_READY_INITS = 2  # inits built ahead of their jobs: jobs start without waiting for one
-_ABANDON_WAIT_S = 2.0
-_ABANDON_POLL_S = 0.01
 _SETPRIV_FLAGS = [
     f"--reuid={SANDBOX_UID}",
     f"--regid={SANDBOX_UID}",
@@ -185,17 +177,6 @@ def _argv(
     ]
 
 
-def _zygote_argv(control_fd: int, job_filter_fd: int, seccomp_fd: int) -> list[str]:
-    python = RUNTIMES["python"]
-    # `-`: the program comes on stdin, so no file of ours shows in the sandbox.
-    command = [python.interpreter, *python.flags, "-", str(control_fd), str(job_filter_fd)]
-    return [
-        _tool("setpriv"),
-        *_SETPRIV_FLAGS,
-        *_bwrap_argv(_ZYGOTE_LIMITS, [], seccomp_fd, command, caps=_ZYGOTE_CAPS),
-    ]
-
-
 def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
     check_file_names(list(spec.files), runtime.entry_file)
     limits = spec.limits
@@ -211,33 +192,15 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
     )
 
 
-async def _prepare(zygote: Zygote) -> tuple[JobCgroup, ReadyInit]:
-    # The default limits until the job's own are known; the name, too, is the job's later.
-    cgroup = JobCgroup.create("ready", ExecLimits())
-    try:
-        return cgroup, await zygote.prepare(cgroup)
-    except BaseException:
-        await cgroup.kill()
-        cgroup.remove()
-        raise
-
-
-def _abandon(zygote: Zygote, ready: list[tuple[JobCgroup, ReadyInit]]) -> None:
-    for _, init in ready:
-        init.discard()
-    zygote.stop()  # its inits die with it
-    deadline = time.monotonic() + _ABANDON_WAIT_S
-    for cgroup, _ in ready:
-        while not cgroup.empty and time.monotonic() < deadline:
-            time.sleep(_ABANDON_POLL_S)
-        cgroup.remove()
-    ready.clear()
-
-
-async def _discard(cgroup: JobCgroup, init: ReadyInit) -> None:
-    init.discard()
-    await cgroup.kill()
-    cgroup.remove()
+def _zygote_argv(control_fd: int, job_filter_fd: int, seccomp_fd: int) -> list[str]:
+    python = RUNTIMES["python"]
+    # `-`: the program comes on stdin, so no file of ours shows in the sandbox.
+    command = [python.interpreter, *python.flags, "-", str(control_fd), str(job_filter_fd)]
+    return [
+        _tool("setpriv"),
+        *_SETPRIV_FLAGS,
+        *_bwrap_argv(_ZYGOTE_LIMITS, [], seccomp_fd, command, caps=_ZYGOTE_CAPS),
+    ]
 
 
 @cache
@@ -282,16 +245,12 @@ class BwrapSandbox:
     def __init__(self, fork_server: bool | None = None) -> None:
         if fork_server is None:
             fork_server = BwrapSettings().fork_server
-        self._fork_server = fork_server
-        self._zygote: Zygote | None = None
-        self._zygote_lock = asyncio.Lock()
-        self._ready: list[tuple[JobCgroup, ReadyInit]] = []  # inits waiting for their job
-        self._refill: asyncio.Task[None] | None = None
+        self._fork_server = ForkServer(_zygote_argv) if fork_server else None
 
     @property
     def fast_path(self) -> bool:
         """True while Python jobs run through a live fork server."""
-        return self._zygote is not None and self._zygote.alive
+        return self._fork_server is not None and self._fork_server.alive
 
     async def check(self) -> None:
         _check_host()
@@ -307,16 +266,8 @@ class BwrapSandbox:
             )
 
     async def close(self) -> None:
-        if self._refill is not None:
-            self._refill.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._refill
-        while self._ready:
-            await _discard(*self._ready.pop())
-        if self._zygote is not None:
-            await asyncio.to_thread(self._zygote.stop)
-            self._zygote = None
-        self._fork_server = False  # it runs no job afterwards; none may start one again
+        if self._fork_server is not None:
+            await self._fork_server.close()
 
     def runtimes(self) -> list[RuntimeInfo]:
         return [
@@ -331,86 +282,11 @@ class BwrapSandbox:
                 verdict=Verdict.INTERNAL_ERROR,
                 reason=f"{spec.language} is not installed on this worker",
             )
-        if runtime.forkable and self._fork_server:
-            job = _zygote_job(spec, runtime)
-            for _ in range(2):  # a fork server found dead is replaced once, then it's broken
-                zygote = await self._running_zygote()
-                if zygote is None:
-                    break
-                try:
-                    return await self._run_forked(zygote, job, spec, on_output)
-                except ZygoteGoneError as exc:
-                    said = await asyncio.to_thread(zygote.stop)
-                    log.warning("%s; starting a new one (it said: %s)", exc, said)
-            else:
-                raise SandboxUnavailableError("the fork server keeps failing; see the log")
+        if runtime.forkable and self._fork_server is not None:
+            forked = await self._fork_server.run(_zygote_job(spec, runtime), spec, on_output)
+            if forked is not None:
+                return forked
         return await self._run_classic(spec, runtime, on_output)
-
-    async def _running_zygote(self) -> Zygote | None:
-        """The live fork server, started on first use; None when it cannot run here."""
-        async with self._zygote_lock:
-            if self._zygote is not None and self._zygote.alive:
-                return self._zygote
-            if not self._fork_server:
-                return None
-            _check_host()
-            zygote = Zygote(_zygote_argv, job_program(), zygote_program())
-            try:
-                await asyncio.to_thread(zygote.start)
-            except ZygoteGoneError as exc:
-                log.warning("%s; Python jobs take the classic path", exc)
-                self._fork_server = False
-                return None
-            # A sandbox dropped unclosed leaves no process, socket or cgroup behind.
-            weakref.finalize(self, _abandon, zygote, self._ready)
-            self._zygote = zygote
-            return zygote
-
-    async def _run_forked(
-        self, zygote: Zygote, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink
-    ) -> ExecResult:
-        cgroup, init = await self._take_ready(zygote)
-        process = None
-        try:
-            cgroup.rename(spec.job_id)
-            cgroup.apply(spec.limits)
-            process = await init.start(job, spec.stdin)
-            result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
-            if not process.reported and not zygote.alive:
-                # Its death took the job with it: the platform failed, not the program.
-                return ExecResult(
-                    verdict=Verdict.INTERNAL_ERROR, reason="the fork server died during the job"
-                )
-            return result
-        finally:
-            if process is None:
-                init.discard()
-                await cgroup.kill()
-            else:
-                process.close()
-            cgroup.remove()
-
-    async def _take_ready(self, zygote: Zygote) -> tuple[JobCgroup, ReadyInit]:
-        """An init built ahead of its job if one waits, else a new one; then refill."""
-        taken = None
-        while self._ready and taken is None:
-            cgroup, init = self._ready.pop()
-            if init.waiting:
-                taken = cgroup, init
-            else:
-                await _discard(cgroup, init)
-        if self._refill is None or self._refill.done():
-            self._refill = asyncio.create_task(self._fill(zygote))
-        return taken or await _prepare(zygote)
-
-    async def _fill(self, zygote: Zygote) -> None:
-        # Built while jobs run, so that the next job finds its namespaces, /proc and cgroup
-        # made: its own start is then only its files, its limits and a fork.
-        while len(self._ready) < _READY_INITS and zygote.alive:
-            try:
-                self._ready.append(await _prepare(zygote))
-            except ZygoteGoneError:
-                return  # the next job finds out, and replaces the fork server
 
     async def _run_classic(
         self, spec: ExecSpec, runtime: Runtime, on_output: OutputSink

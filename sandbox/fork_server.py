@@ -1,0 +1,165 @@
+"""Python jobs through the bwrap backend's fork server: one zygote, and inits built ahead.
+
+`BwrapSandbox` hands a Python job here. The fork server (`zygote.py`) is started on first
+use and replaced when found dead; a few job inits wait, each already in a cgroup, with its
+namespaces and /proc built (`zygote_server.py`), so that a job starts with only its files,
+its limits and a fork left to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from contextlib import suppress
+
+from sandbox.cgroups import JobCgroup
+from sandbox.errors import SandboxUnavailableError
+from sandbox.execution import execute
+from sandbox.models import ExecLimits, ExecResult, ExecSpec, OutputSink, Verdict
+from sandbox.seccomp import job_program, zygote_program
+from sandbox.zygote import ArgvFactory, ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
+
+log = logging.getLogger(__name__)
+
+_READY_INITS = 2  # inits built ahead of their jobs: jobs start without waiting for one
+_ABANDON_WAIT_S = 2.0
+_ABANDON_POLL_S = 0.01
+
+Ready = tuple[JobCgroup, ReadyInit]
+
+
+class ForkServer:
+    """Runs jobs in inits forked by one live zygote, started with `argv`."""
+
+    def __init__(self, argv: ArgvFactory) -> None:
+        self._argv = argv
+        self._zygote: Zygote | None = None
+        self._lock = asyncio.Lock()
+        self._ready: list[Ready] = []  # inits waiting for their job
+        self._refill: asyncio.Task[None] | None = None
+        self._usable = True  # False once it could not start here, or after close()
+
+    @property
+    def alive(self) -> bool:
+        return self._zygote is not None and self._zygote.alive
+
+    async def run(self, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink) -> ExecResult | None:
+        """The job's result; None when no fork server can run here (use the classic path)."""
+        for _ in range(2):  # a fork server found dead is replaced once, then it's broken
+            zygote = await self._running()
+            if zygote is None:
+                return None
+            try:
+                return await self._run(zygote, job, spec, on_output)
+            except ZygoteGoneError as exc:
+                said = await asyncio.to_thread(zygote.stop)
+                log.warning("%s; starting a new one (it said: %s)", exc, said)
+        raise SandboxUnavailableError("the fork server keeps failing; see the log")
+
+    async def close(self) -> None:
+        self._usable = False
+        if self._refill is not None:
+            self._refill.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._refill
+        while self._ready:
+            await _discard(*self._ready.pop())
+        if self._zygote is not None:
+            await asyncio.to_thread(self._zygote.stop)
+            self._zygote = None
+
+    async def _running(self) -> Zygote | None:
+        """The live fork server, started on first use; None when it cannot run here."""
+        async with self._lock:
+            if self._zygote is not None and self._zygote.alive:
+                return self._zygote
+            if not self._usable:
+                return None
+            zygote = Zygote(self._argv, job_program(), zygote_program())
+            try:
+                await asyncio.to_thread(zygote.start)
+            except ZygoteGoneError as exc:
+                log.warning("%s; Python jobs take the classic path", exc)
+                self._usable = False
+                return None
+            # A sandbox dropped unclosed leaves no process, socket or cgroup behind.
+            weakref.finalize(self, _abandon, zygote, self._ready)
+            self._zygote = zygote
+            return zygote
+
+    async def _run(
+        self, zygote: Zygote, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink
+    ) -> ExecResult:
+        cgroup, init = await self._take_ready(zygote)
+        process = None
+        try:
+            cgroup.rename(spec.job_id)
+            cgroup.apply(spec.limits)
+            process = await init.start(job, spec.stdin)
+            result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
+            if not process.reported and not zygote.alive:
+                # Its death took the job with it: the platform failed, not the program.
+                return ExecResult(
+                    verdict=Verdict.INTERNAL_ERROR, reason="the fork server died during the job"
+                )
+            return result
+        finally:
+            if process is None:
+                init.discard()
+                await cgroup.kill()
+            else:
+                process.close()
+            cgroup.remove()
+
+    async def _take_ready(self, zygote: Zygote) -> Ready:
+        """An init built ahead of its job if one waits, else a new one; then refill."""
+        taken = None
+        while self._ready and taken is None:
+            cgroup, init = self._ready.pop()
+            if init.waiting:
+                taken = cgroup, init
+            else:
+                await _discard(cgroup, init)
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._fill(zygote))
+        return taken or await _prepare(zygote)
+
+    async def _fill(self, zygote: Zygote) -> None:
+        # Built while jobs run, so that the next job finds its namespaces, /proc and cgroup
+        # made: its own start is then only its files, its limits and a fork.
+        while len(self._ready) < _READY_INITS and zygote.alive:
+            try:
+                self._ready.append(await _prepare(zygote))
+            except ZygoteGoneError:
+                return  # the next job finds out, and replaces the fork server
+
+
+async def _prepare(zygote: Zygote) -> Ready:
+    # The default limits until the job's own are known; the name, too, is the job's later.
+    cgroup = JobCgroup.create("ready", ExecLimits())
+    try:
+        return cgroup, await zygote.prepare(cgroup)
+    except BaseException:
+        await cgroup.kill()
+        cgroup.remove()
+        raise
+
+
+def _abandon(zygote: Zygote, ready: list[Ready]) -> None:
+    for _, init in ready:
+        init.discard()
+    zygote.stop()  # its inits die with it
+    deadline = time.monotonic() + _ABANDON_WAIT_S
+    for cgroup, _ in ready:
+        while not cgroup.empty and time.monotonic() < deadline:
+            time.sleep(_ABANDON_POLL_S)
+        cgroup.remove()
+    ready.clear()
+
+
+async def _discard(cgroup: JobCgroup, init: ReadyInit) -> None:
+    init.discard()
+    await cgroup.kill()
+    cgroup.remove()
