@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -162,6 +163,8 @@ def gateway_rss_mib(stack: Stack) -> float:
 
 
 PARTS = ("latency", "accept", "fanout")
+_LOG_LINES = 10
+_PROBLEM_CHARS = 200
 
 
 def main() -> None:
@@ -183,16 +186,30 @@ def main() -> None:
         }
         recorder.step(f"starting crucible up with {options.workers} workers")
         stack = start_stack(Path(folder), workers=options.workers, env=unlimited)
+        parts: dict[str, Callable[[], list[Row]]] = {
+            "latency": lambda: [latency_row(stack, options, recorder)],
+            "accept": lambda: [accept_row(stack, options, recorder)],
+            "fanout": lambda: fanout_rows(stack, options, recorder),
+        }
         try:
-            if "latency" in options.only:
-                rows.append(latency_row(stack, options, recorder))
-            if "accept" in options.only:
-                rows.append(accept_row(stack, options, recorder))
-            if "fanout" in options.only:
-                rows += fanout_rows(stack, options, recorder)
+            for part in options.only:
+                rows += run_part(part, parts[part], stack, recorder)
         finally:
             stack.stop()
     recorder.finish(rows, options.json)
+
+
+def run_part(
+    name: str, part: Callable[[], list[Row]], stack: Stack, recorder: Recorder
+) -> list[Row]:
+    """The part's rows; if it breaks, one row that says how, so that the other parts still count."""
+    try:
+        return part()
+    except Exception as exc:
+        traceback.print_exc()
+        errors = [line for line in stack.log().splitlines() if "rror" in line][-_LOG_LINES:]
+        recorder.step(f"{name} failed; the stack's last error lines:\n" + "\n".join(errors))
+        return [Row(benchmark=f"pipeline: {name}", problem=f"failed: {exc!r}"[:_PROBLEM_CHARS])]
 
 
 def _rounds(

@@ -210,7 +210,7 @@ def _cells(row: Row) -> list[str]:
 def markdown_table(rows: list[Row]) -> str:
     """The summary as a markdown table, its columns padded so that a terminal shows it too."""
     header = ["benchmark", "Crucible", "baseline (same run)", "ratio", "goal (issue 10)", "met"]
-    body = [_cells(row) for row in rows]
+    body = [[cell.replace("|", "\\|") for cell in _cells(row)] for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
