@@ -46,6 +46,7 @@ class Goal(BaseModel):
     relation: Relation
     limit: float
     wording: str | None = None  # the words where the bound alone says less
+    unit: str = ""  # of the limit, when the goal is on Crucible's own figure
 
     def met(self, figure: float) -> bool:
         if self.relation == "<":
@@ -54,8 +55,8 @@ class Goal(BaseModel):
             return figure <= self.limit
         return figure >= self.limit
 
-    def text(self, unit: str) -> str:
-        bound = f"{self.limit:.2f}x" if self.on == "ratio" else format_value(self.limit, unit)
+    def text(self) -> str:
+        bound = f"{self.limit:.2f}x" if self.on == "ratio" else format_value(self.limit, self.unit)
         return f"{self.relation} {bound}" + (f" ({self.wording})" if self.wording else "")
 
 
@@ -201,8 +202,7 @@ def _cells(row: Row) -> list[str]:
         met = {None: "-", True: "yes", False: "no"}[row.met]
         if row.problem is not None:
             met = f"no: {row.problem}"
-    unit = row.crucible.unit if row.crucible else ""
-    goal = row.goal.text(unit) if row.goal else "-"
+    goal = row.goal.text() if row.goal else "-"
     benchmark = row.benchmark + (f" ({row.note})" if row.note else "")
     return [benchmark, crucible, baseline, ratio, goal, met]
 

@@ -22,9 +22,11 @@ def test_ratio_is_of_the_medians_and_decides_the_goal() -> None:
 
 
 def test_goal_on_crucibles_own_figure_is_strict_when_the_issue_says_under() -> None:
-    under_250 = Goal(on="crucible", relation="<", limit=250)
+    under_250 = Goal(on="crucible", relation="<", limit=250, unit="ms")
     assert Row(benchmark="p99", crucible=figure(249.0, unit="ms"), goal=under_250).met is True
-    assert Row(benchmark="p99", crucible=figure(250.0, unit="ms"), goal=under_250).met is False
+    at_limit = Row(benchmark="p99", crucible=figure(250.0, unit="ms"), goal=under_250)
+    assert at_limit.met is False
+    assert "| < 250 ms " in markdown_table([at_limit])
     at_least = Goal(on="ratio", relation=">=", limit=0.5)
     half = Row(benchmark="rate", crucible=figure(50.0), baseline=figure(100.0), goal=at_least)
     assert half.met is True
