@@ -86,15 +86,33 @@ class Profile:
         return result
 
     def table(self, top: int) -> list[tuple[str, float, float]]:
-        """(function, inclusive share, own share), most inclusive first."""
-        inclusive: Counter[str] = Counter()
+        """(function, inclusive share, own share), most inclusive first.
+
+        Frames that are on exactly the same samples (a chain of middlewares that each call
+        the next) are one row, named by the outermost and the innermost of the chain.
+        """
+        stacks = list(self.trimmed().items())
+        on: defaultdict[str, set[int]] = defaultdict(set)  # frame -> the samples it is on
         own: Counter[str] = Counter()
-        for stack, count in self.trimmed().items():
-            for frame in set(stack):  # a recursive function counts once per sample
-                inclusive[frame] += count
+        for index, (stack, count) in enumerate(stacks):
+            for frame in stack:
+                on[frame].add(index)  # a set: a recursive function counts once per sample
             own[stack[-1]] += count
+        chains: defaultdict[frozenset[int], list[str]] = defaultdict(list)
+        for frame, samples in on.items():
+            chains[frozenset(samples)].append(frame)
+        rows = []
         total = self.samples or 1
-        return [(f, n / total, own[f] / total) for f, n in inclusive.most_common(top)]
+        for where, frames in chains.items():
+            first = stacks[min(where)][0]
+            frames.sort(key=first.index)
+            name = frames[0] if len(frames) == 1 else f"{frames[0]} ... {frames[-1]}"
+            if len(frames) > 2:
+                name += f" ({len(frames)} frames)"
+            inclusive = sum(stacks[i][1] for i in where)
+            rows.append((name, inclusive / total, own[frames[-1]] / total))
+        rows.sort(key=lambda row: -row[1])
+        return rows[:top]
 
 
 def py_spy() -> str:

@@ -38,3 +38,18 @@ def test_a_recursive_function_counts_once_per_sample_and_threads_keep_their_own_
     assert table["work (pool.py)"] == pytest.approx(0.4)
     assert "Thread.run (threading.py)" not in table  # shared by every sample of its thread
     assert table["(own time of BaseEventLoop._run_once (asyncio/base_events.py))"] == 0.1
+
+
+def test_frames_always_on_the_same_samples_are_one_row() -> None:
+    chain = "outer (mw.py);middle (mw.py);inner (mw.py)"
+    profile = Profile()
+    profile.add_raw(
+        f"{ROOT};{DISPATCH};{chain};handle (app.py) 3\n"
+        f"{ROOT};{DISPATCH};{chain} 1\n"
+        f"{ROOT};{DISPATCH};flush (nats.py) 4\n"
+    )
+    assert profile.table(top=10) == [
+        ("outer (mw.py) ... inner (mw.py) (3 frames)", 0.5, 0.125),
+        ("flush (nats.py)", 0.5, 0.5),
+        ("handle (app.py)", 0.375, 0.375),
+    ]
