@@ -2,11 +2,12 @@
 
     .venv/bin/python -m bench.profile [--rounds 3] [--rate 100] [--top 15] [--out bench-output]
 
-Starts `crucible up` (2 workers), attaches `py-spy record` to the gateway and to every worker,
-runs `crucible eval` of the canonical solutions `--rounds` times through the stack, stops
-py-spy, and prints, per kind of process, the functions with the most inclusive time (the
-share of that kind's samples with the function anywhere on the stack) and their own (leaf)
-share. Choices, and why:
+Starts `crucible up` (2 workers), runs one job, attaches `py-spy record` to the gateway, to
+every worker and to any Python process a worker keeps under it (a fork server, recorded with
+the processes it forks: `--subprocesses`), runs `crucible eval` of the canonical solutions
+`--rounds` times through the stack, stops py-spy, and prints, per kind of process, the
+functions with the most inclusive time (the share of that kind's samples with the function
+anywhere on the stack) and their own (leaf) share. Choices, and why:
 
 - `--gil`: only samples of a thread holding the GIL, i.e. Python running on a CPU. Without
   it, threads parked in a `Condition.wait` (thread pools) count as busy and fill the table.
@@ -23,6 +24,8 @@ The same tables go to `<out>/profile.md`, py-spy's raw (collapsed stack) files t
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,11 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.humaneval_canonical import crucible_round
+from bus import JobSpec
+from crucible.client import Client
 from crucible.evaluate import write_canonical_samples
 from tests.stack import Stack, start_stack
 
 _ATTACH_S = 1.0  # py-spy reads the target's memory maps before its first sample
+_LONG_LIVED_S = 1.0  # a Python process under a worker that lasts this long is not a job
 _LOOP_DISPATCH = "Handle._run (asyncio/events.py)"
+_PROCESS_FRAME = re.compile(r"process \d+:")  # how py-spy --subprocesses starts each stack
+FORK_SERVER = "fork server (in the sandbox, with the processes it forks)"
 Frames = tuple[str, ...]
 
 
@@ -63,7 +71,8 @@ class Profile:
         for line in text.splitlines():
             frames, _, count = line.rpartition(" ")
             if frames and count.isdigit():
-                self.stacks[tuple(frames.split(";"))] += int(count)
+                stack = [f for f in frames.split(";") if not _PROCESS_FRAME.match(f)]
+                self.stacks[tuple(stack)] += int(count)
                 self.samples += int(count)
 
     def roots(self) -> dict[str, Frames]:
@@ -123,8 +132,53 @@ def py_spy() -> str:
     return found
 
 
-def record(pid: int, rate: int, output: Path) -> subprocess.Popen[bytes]:
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the command may hold spaces and parentheses: the fields follow the last ")"
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return parents
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("python")
+    except OSError:
+        return False
+
+
+def _python_roots(ancestors: list[int]) -> set[int]:
+    """Python processes under `ancestors` (through bwrap) whose parent is not Python."""
+    parents = _parents()
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for pid, parent in parents.items():
+        children[parent].append(pid)
+    found, todo = set(), list(ancestors)
+    while todo:
+        for child in children[todo.pop()]:
+            if _is_python(child) and not _is_python(parents[child]):
+                found.add(child)
+            else:
+                todo.append(child)
+    return found
+
+
+def long_lived_pythons(workers: list[int]) -> list[int]:
+    """Python processes the workers keep under them (a fork server), not one job's."""
+    before = _python_roots(workers)
+    time.sleep(_LONG_LIVED_S)
+    return sorted(before & _python_roots(workers))
+
+
+def record(pid: int, rate: int, output: Path, children: bool) -> subprocess.Popen[bytes]:
     options = ["--format", "raw", "--nolineno", "--gil", "--nonblocking", "--rate", str(rate)]
+    if children:
+        options.append("--subprocesses")
     return subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), *options, "--output", str(output)],
         stdout=subprocess.DEVNULL,
@@ -136,15 +190,19 @@ def profile_run(
     stack: Stack, work: Path, raw_dir: Path, rounds: int, rate: int
 ) -> tuple[dict[str, Profile], float]:
     """Record the gateway and workers through `rounds` HumanEval runs; profiles, wall seconds."""
+    with Client(stack.url, stack.api_key) as client:  # starts a fork server, if there is one
+        client.run_job(JobSpec(language="python", code="print(1)"))
+    workers = stack.processes("crucible worker")
     kinds = {
         "gateway": stack.processes("crucible gateway"),
-        "worker": stack.processes("crucible worker"),
+        "worker": workers,
+        FORK_SERVER: long_lived_pythons(workers),
     }
     recorders = []
     for kind, pids in kinds.items():
         for pid in pids:
-            output = raw_dir / f"{kind}-{pid}.txt"
-            recorders.append((kind, output, record(pid, rate, output)))
+            output = raw_dir / f"{kind.split()[0]}-{pid}.txt"
+            recorders.append((kind, output, record(pid, rate, output, kind == FORK_SERVER)))
     time.sleep(_ATTACH_S)
     samples = write_canonical_samples(work / "samples.jsonl")
     started = time.perf_counter()
@@ -165,6 +223,8 @@ def profile_run(
 def render(profiles: dict[str, Profile], wall_s: float, rate: int, top: int) -> str:
     lines = []
     for kind, found in profiles.items():
+        if not found.processes:
+            continue  # no fork server: every job is a fresh interpreter
         busy = found.samples / (rate * wall_s * max(1, found.processes))
         plural = "es" if found.processes > 1 else ""
         lines += [
