@@ -1,6 +1,7 @@
 """The pipeline around the sandbox, each against a baseline measured in the same run.
 
     .venv/bin/python -m bench.pipeline [--rounds 3] [--samples 30] [--jobs 2000] [--clients 1000]
+                                       [--only latency accept fanout] [--json PATH]
 
 1. `print(1)` end to end (POST /v1/jobs -> SSE `finished`), p50, against one bare
    `/usr/bin/python3 -I -c 'print(1)'` spawn, p50.
@@ -10,7 +11,8 @@
 3. Many concurrent SSE clients on one gateway following one job that prints a line every
    0.1 s: p99 delivery delay (stored -> received) and the gateway's RSS.
 
-Medians over `--rounds`; the machine is noisy, so only the ratios mean much.
+Medians over `--rounds` (for part 3, a fresh ticker job and client set each round); the
+machine is noisy, so only the ratios mean much.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +33,8 @@ import httpx
 import nats
 from nats.js import api
 
+from bench.results import Figure, Goal, Recorder, Row, add_arguments
+from bench.stack_errors import distinct_errors
 from crucible.up import nats_server_binary
 from tests.stack import Stack, free_port, start_stack, wait_for_port
 
@@ -157,54 +163,152 @@ def gateway_rss_mib(stack: Stack) -> float:
     )
 
 
+PARTS = ("latency", "accept", "fanout")
+_PROBLEM_CHARS = 120
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser, rounds=3)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=PARTS, nargs="+", default=list(PARTS))
     options = parser.parse_args()
+    recorder = Recorder("pipeline", vars(options) | {"json": str(options.json)})
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder:
         # Rate limits off: a thousand clients opening streams at once is the point here.
         unlimited = {
             "CRUCIBLE_RATE_LIMIT__BURST": "1000000",
             "CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S": "1e6",
         }
+        recorder.step(f"starting crucible up with {options.workers} workers")
         stack = start_stack(Path(folder), workers=options.workers, env=unlimited)
+        parts: dict[str, Callable[[], list[Row]]] = {
+            "latency": lambda: [latency_row(stack, options, recorder)],
+            "accept": lambda: [accept_row(stack, options, recorder)],
+            "fanout": lambda: fanout_rows(stack, options, recorder),
+        }
         try:
-            spawn = statistics.median(
-                bare_spawn_p50(options.samples) for _ in range(options.rounds)
-            )
-            e2e = statistics.median(
-                end_to_end_p50(stack, options.samples) for _ in range(options.rounds)
-            )
-            print(
-                f"print(1) end to end p50: {e2e * 1000:.1f} ms; bare python3 spawn p50: "
-                f"{spawn * 1000:.1f} ms; ratio {e2e / spawn:.2f}x (goal <= 1.0x)",
-                flush=True,
-            )
-            payload = json.dumps({"job_id": "j-" + "0" * 32, "spec": PRINT_ONE}).encode()
-            ours = statistics.median(
-                accept_rate(stack, options.jobs) for _ in range(options.rounds)
-            )
-            raw = statistics.median(
-                asyncio.run(raw_publish_rate(options.jobs, payload)) for _ in range(options.rounds)
-            )
-            print(
-                f"POST /v1/runs: {ours:,.0f} jobs/s accepted; raw nats-py publishes: {raw:,.0f}/s; "
-                f"ratio {ours / raw:.2f}x (goal >= 0.5x)",
-                flush=True,
-            )
-            p99, rss, complete = asyncio.run(fan_out(stack, options.clients))
-            print(
-                f"{options.clients} SSE clients on one gateway: p99 delivery {p99 * 1000:.0f} ms "
-                f"(goal < 250 ms), gateway RSS {rss:.0f} MiB (goal < 300 MiB), "
-                f"{complete}/{options.clients} clients got the whole output",
-                flush=True,
-            )
+            for part in options.only:
+                rows += run_part(part, parts[part], stack, recorder)
         finally:
             stack.stop()
+    recorder.finish(rows, options.json)
+
+
+def run_part(
+    name: str, part: Callable[[], list[Row]], stack: Stack, recorder: Recorder
+) -> list[Row]:
+    """The part's rows; if it breaks, one row that says how, so that the other parts still count."""
+    try:
+        return part()
+    except Exception as exc:
+        traceback.print_exc()
+        report_errors(f"{name} failed", stack, recorder)
+        return [Row(benchmark=f"pipeline: {name}", problem=f"failed: {brief(exc)}")]
+
+
+def _rounds(
+    recorder: Recorder, what: str, rounds: int, measure: Callable[[], float]
+) -> list[float]:
+    figures = []
+    for number in range(1, rounds + 1):
+        figures.append(measure())
+        recorder.step(f"{what}, round {number}/{rounds}: {figures[-1]:,.1f}")
+    return figures
+
+
+def latency_row(stack: Stack, options: argparse.Namespace, recorder: Recorder) -> Row:
+    spawn_ms = _rounds(
+        recorder,
+        "bare spawn p50 (ms)",
+        options.rounds,
+        lambda: bare_spawn_p50(options.samples) * 1000,
+    )
+    e2e_ms = _rounds(
+        recorder,
+        "print(1) end to end p50 (ms)",
+        options.rounds,
+        lambda: end_to_end_p50(stack, options.samples) * 1000,
+    )
+    return Row(
+        benchmark=f"`print(1)` end to end, POST -> SSE `finished`, p50 of {options.samples}",
+        crucible=Figure(label="end to end", unit="ms", rounds=e2e_ms),
+        baseline=Figure(label="one bare `python3 -I -c` spawn", unit="ms", rounds=spawn_ms),
+        goal=Goal(on="ratio", relation="<=", limit=1.0, wording="no slower"),
+    )
+
+
+def accept_row(stack: Stack, options: argparse.Namespace, recorder: Recorder) -> Row:
+    payload = json.dumps({"job_id": "j-" + "0" * 32, "spec": PRINT_ONE}).encode()
+    ours = _rounds(
+        recorder, "POST /v1/runs jobs/s", options.rounds, lambda: accept_rate(stack, options.jobs)
+    )
+    raw = _rounds(
+        recorder,
+        "raw nats-py publishes/s",
+        options.rounds,
+        lambda: asyncio.run(raw_publish_rate(options.jobs, payload)),
+    )
+    return Row(
+        benchmark=f"jobs accepted per second, `POST /v1/runs` of {options.jobs:,}",
+        crucible=Figure(label="POST /v1/runs", unit="jobs/s", rounds=ours),
+        baseline=Figure(
+            label="raw nats-py JetStream publishes, pipelined", unit="jobs/s", rounds=raw
+        ),
+        goal=Goal(on="ratio", relation=">=", limit=0.5),
+    )
+
+
+def brief(exc: BaseException) -> str:
+    """The exception's type and first line, short enough for a table cell."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    # httpx's status errors go on with the URL, the stream's token and all.
+    text = f"{type(exc).__name__}: {first.split(' for url ')[0]}"
+    return text if len(text) <= _PROBLEM_CHARS else text[: _PROBLEM_CHARS - 3] + "..."
+
+
+def report_errors(what: str, stack: Stack, recorder: Recorder) -> None:
+    errors = distinct_errors(stack.log())
+    recorder.step(f"{what}; the stack logged: " + ("\n  ".join(["", *errors]) or "no error"))
+
+
+def fanout_rows(stack: Stack, options: argparse.Namespace, recorder: Recorder) -> list[Row]:
+    p99s, rsses, short = [], [], []
+    for number in range(1, options.rounds + 1):
+        try:
+            p99, rss, complete = asyncio.run(fan_out(stack, options.clients))
+        except Exception as exc:  # one client's broken stream ends the round, not the others
+            short.append(f"round {number} broke: {brief(exc)}")
+            report_errors(f"{options.clients} SSE clients, round {number} broke", stack, recorder)
+            continue
+        p99s.append(p99 * 1000)
+        rsses.append(rss)
+        if complete < options.clients:
+            short.append(f"{complete}/{options.clients} got everything in round {number}")
+        recorder.step(
+            f"{options.clients} SSE clients, round {number}/{options.rounds}: p99 delivery "
+            f"{p99 * 1000:,.0f} ms, gateway RSS {rss:.0f} MiB, {complete} got the whole output"
+        )
+    problem = "; ".join(short) or None
+    benchmark = f"{options.clients:,} concurrent SSE clients on one gateway"
+    return [
+        Row(
+            benchmark=f"{benchmark}: p99 delivery",
+            crucible=Figure(label="stored -> received", unit="ms", rounds=p99s) if p99s else None,
+            goal=Goal(on="crucible", relation="<", limit=250, unit="ms"),
+            problem=problem,
+        ),
+        Row(
+            benchmark=f"{benchmark}: gateway RSS",
+            crucible=Figure(label="VmRSS, 2 s in", unit="MiB", rounds=rsses) if rsses else None,
+            goal=Goal(on="crucible", relation="<", limit=300, unit="MiB"),
+            problem=problem,
+        ),
+    ]
 
 
 if __name__ == "__main__":

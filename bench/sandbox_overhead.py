@@ -1,10 +1,13 @@
 """Per-job cost of each sandbox backend, against baselines measured in the same run.
 
-    python -m bench.sandbox_overhead [--jobs 40] [--rounds 3]
+    python -m bench.sandbox_overhead [--jobs 40] [--rounds 3] [--json PATH]
 
 Each variant runs the same small program `--jobs` times, one after another, `--rounds` times;
-the median round gives the time per job. Ratios, not absolute times, are what to compare:
-this machine is noisy, and every variant ran under the same noise.
+each round gives a time per job, and the median round is the figure. Ratios, not absolute
+times, are what to compare: this machine is noisy, and every variant ran under the same noise.
+Issue 10's goal is the Docker backend's latency on a warm pool (the pool refilled before each
+job, as a job arriving at an idle worker finds it) against `docker run` per job. Without a
+Docker engine the Docker variants are skipped and say so; the bwrap ones still run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Awaitable, Callable
 
 import docker
 
-from sandbox import ExecSpec, OutputChunk, Verdict, create_sandbox
+from bench.results import Figure, Goal, Recorder, Row, add_arguments
+from sandbox import ExecSpec, OutputChunk, SandboxUnavailableError, Verdict, create_sandbox
 from sandbox.docker import DockerSandbox
 from sandbox.docker_pool import DockerSettings
 
@@ -53,8 +57,14 @@ BWRAP_ALONE = [
     "-c",
     PROGRAM,
 ]
+BARE = "bare `python3 -I -c` (baseline)"
+BWRAP_BACKEND = "Crucible bwrap backend"
+DOCKER_RUN = "`docker run --rm` per job"
+DOCKER_WARM = "Crucible docker backend, latency on a warm pool"
+_ENGINE_PROBE_S = 5
 
 Job = Callable[[], Awaitable[None]]
+Before = Callable[[], Awaitable[None]]
 
 
 def subprocess_job(argv: list[str]) -> Job:
@@ -76,74 +86,133 @@ def sandbox_job(sandbox: object) -> Job:
     return job
 
 
-async def latency_s(job: Job, sandbox: DockerSandbox, jobs: int, rounds: int) -> float:
-    await job()
-    medians = []
+async def _nothing() -> None:
+    pass
+
+
+async def per_job_s(job: Job, jobs: int, rounds: int, before: Before = _nothing) -> list[float]:
+    """Seconds per job in each round; `before` runs ahead of every job, untimed."""
+    await job()  # warm caches once, outside the measurement
+    per_round = []
     for _ in range(rounds):
-        spent = 0.0
+        spent_s = 0.0
         for _ in range(jobs):
-            await sandbox.settle()
+            await before()
             started = time.perf_counter()
             await job()
-            spent += time.perf_counter() - started
-        medians.append(spent / jobs)
-    return statistics.median(medians)
+            spent_s += time.perf_counter() - started
+        per_round.append(spent_s / jobs)
+    return per_round
 
 
-async def per_job_s(job: Job, jobs: int, rounds: int) -> float:
-    await job()  # warm caches once, outside the measurement
-    medians = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(jobs):
-            await job()
-        medians.append((time.perf_counter() - started) / jobs)
-    return statistics.median(medians)
+def docker_variants(
+    backend: DockerSandbox, warm_id: str, image: str
+) -> dict[str, tuple[Job, Before]]:
+    """The Docker variants; `warm_id` is the running container `docker exec` goes into."""
+    run = ["docker", "run", "--rm", "--network", "none", image, PYTHON, "-I", "-c", PROGRAM]
+    return {
+        DOCKER_RUN: (subprocess_job(run), _nothing),
+        "`docker exec` into a running container": (
+            subprocess_job(["docker", "exec", warm_id, PYTHON, "-I", "-c", PROGRAM]),
+            _nothing,
+        ),
+        "Crucible docker backend, back to back (pool drained)": (sandbox_job(backend), _nothing),
+        DOCKER_WARM: (sandbox_job(backend), backend.settle),
+    }
 
 
-async def main(jobs: int, rounds: int) -> None:
-    image = DockerSettings().image
-    client = docker.from_env()
-    warm = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none")
+async def docker_unusable(backend: DockerSandbox) -> str | None:
+    """Why the Docker variants cannot run here ("no engine", a missing image), or None."""
+    try:
+        await asyncio.to_thread(lambda: docker.from_env(timeout=_ENGINE_PROBE_S).ping())
+    except Exception:  # the SDK and requests raise unrelated types for "nothing listens"
+        return "no engine"
+    try:
+        await backend.check()
+    except SandboxUnavailableError as exc:
+        return f"{exc} (make image)"
+    return None
+
+
+async def measure(
+    jobs: int, rounds: int, recorder: Recorder
+) -> tuple[dict[str, list[float]], str | None]:
+    """Seconds per job of every variant, round by round; why Docker was skipped, if it was."""
     bwrap_backend = create_sandbox("bwrap")
     await bwrap_backend.check()
-    docker_backend = DockerSandbox(DockerSettings(pool_size=2, owner="bench"))
-    await docker_backend.check()
-    variants = {
-        "bare `python3 -I -c` (baseline)": subprocess_job([PYTHON, "-I", "-c", PROGRAM]),
-        "`bwrap` alone": subprocess_job(BWRAP_ALONE),
-        "Crucible bwrap backend": sandbox_job(bwrap_backend),
-        "`docker run --rm` per job": subprocess_job(
-            ["docker", "run", "--rm", "--network", "none", image, PYTHON, "-I", "-c", PROGRAM]
-        ),
-        "`docker exec` into a running container": subprocess_job(
-            ["docker", "exec", warm.id, PYTHON, "-I", "-c", PROGRAM]
-        ),
-        "Crucible docker backend, back to back (pool drained)": sandbox_job(docker_backend),
+    variants: dict[str, tuple[Job, Before]] = {
+        BARE: (subprocess_job([PYTHON, "-I", "-c", PROGRAM]), _nothing),
+        "`bwrap` alone": (subprocess_job(BWRAP_ALONE), _nothing),
+        BWRAP_BACKEND: (sandbox_job(bwrap_backend), _nothing),
     }
+    image = DockerSettings().image
+    docker_backend = DockerSandbox(DockerSettings(pool_size=2, owner="bench"))
+    engine = warm = None
+    skipped = await docker_unusable(docker_backend)
+    if skipped is not None:
+        recorder.step(f"Docker variants skipped: {skipped}")
+    else:
+        engine = docker.from_env()
+        warm = engine.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none")
+        variants |= docker_variants(docker_backend, warm.id, image)
+    results = {}
     try:
-        results = {name: await per_job_s(job, jobs, rounds) for name, job in variants.items()}
-        results["Crucible docker backend, latency on a warm pool"] = await latency_s(
-            sandbox_job(docker_backend), docker_backend, jobs, rounds
-        )
+        for name, (job, before) in variants.items():
+            results[name] = await per_job_s(job, jobs, rounds, before)
+            rounds_ms = ", ".join(f"{s * 1000:.1f}" for s in results[name])
+            recorder.step(
+                f"{name}: {statistics.median(results[name]) * 1000:.1f} ms per job "
+                f"(rounds: {rounds_ms})"
+            )
     finally:
-        warm.remove(force=True)
+        if warm is not None:
+            warm.remove(force=True)
+        if engine is not None:
+            engine.close()
         await docker_backend.close()
-    bare = results["bare `python3 -I -c` (baseline)"]
-    docker_run = results["`docker run --rm` per job"]
-    print(f"{jobs} jobs x {rounds} rounds, median round; program: {PROGRAM!r}\n")
-    print("| variant | ms per job | vs bare python3 | vs docker run |")
-    print("|---|---|---|---|")
-    for name, seconds in results.items():
-        print(
-            f"| {name} | {seconds * 1000:.1f} | {seconds / bare:.2f}x | "
-            f"{seconds / docker_run:.2f}x |"
-        )
+    return results, skipped
+
+
+def _figure(label: str, seconds: list[float]) -> Figure:
+    return Figure(label=label, unit="ms", rounds=[s * 1000 for s in seconds])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, rounds=3)
+    parser.add_argument("--jobs", type=int, default=40, help="jobs per round (default 40)")
+    options = parser.parse_args()
+    recorder = Recorder("sandbox_overhead", {"jobs": options.jobs, "rounds": options.rounds})
+    recorder.step(f"{options.jobs} jobs x {options.rounds} rounds per variant of {PROGRAM!r}")
+    results, skipped = asyncio.run(measure(options.jobs, options.rounds, recorder))
+    medians = {name: statistics.median(seconds) for name, seconds in results.items()}
+    print("\n| variant | ms per job | vs bare python3 | vs docker run |\n|---|---|---|---|")
+    for name, seconds in medians.items():
+        versus_run = f"{seconds / medians[DOCKER_RUN]:.2f}x" if DOCKER_RUN in medians else "-"
+        print(f"| {name} | {seconds * 1000:.1f} | {seconds / medians[BARE]:.2f}x | {versus_run} |")
+    docker_row = Row(
+        benchmark="Docker backend (warm pool), per-job latency",
+        goal=Goal(on="ratio", relation="<=", limit=1 / 3, wording="at least 3x faster"),
+        skipped=skipped,
+    )
+    if skipped is None:
+        docker_row.crucible = _figure("warm pool", results[DOCKER_WARM])
+        docker_row.baseline = _figure("`docker run --rm` per job", results[DOCKER_RUN])
+    rows = [
+        docker_row,
+        Row(
+            benchmark="bwrap backend, per job, one after another",
+            crucible=_figure("bwrap backend", results[BWRAP_BACKEND]),
+            baseline=_figure("bare `python3 -I -c`", results[BARE]),
+            note="context, no goal",
+        ),
+    ]
+    details = {
+        name: {"ms_per_job": medians[name] * 1000, "rounds_ms": [s * 1000 for s in seconds]}
+        for name, seconds in results.items()
+    }
+    recorder.finish(rows, options.json, details={"program": PROGRAM, "variants": details})
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
-    arguments = parser.parse_args()
-    asyncio.run(main(arguments.jobs, arguments.rounds))
+    main()
