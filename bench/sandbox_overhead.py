@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 import docker
 
 from bench.results import Figure, Goal, Recorder, Row, add_arguments
-from sandbox import ExecSpec, OutputChunk, SandboxUnavailableError, Verdict, create_sandbox
+from sandbox import ExecSpec, OutputChunk, SandboxUnavailableError, Verdict
+from sandbox.bwrap import BwrapSandbox
 from sandbox.docker import DockerSandbox
 from sandbox.docker_pool import DockerSettings
 
@@ -58,7 +59,8 @@ BWRAP_ALONE = [
     PROGRAM,
 ]
 BARE = "bare `python3 -I -c` (baseline)"
-BWRAP_BACKEND = "Crucible bwrap backend"
+BWRAP_BACKEND = "Crucible bwrap backend (fork server)"
+BWRAP_CLASSIC = "Crucible bwrap backend, a fresh bwrap per job (CRUCIBLE_BWRAP_FORK_SERVER=0)"
 DOCKER_RUN = "`docker run --rm` per job"
 DOCKER_WARM = "Crucible docker backend, latency on a warm pool"
 _ENGINE_PROBE_S = 5
@@ -138,11 +140,14 @@ async def measure(
     jobs: int, rounds: int, recorder: Recorder
 ) -> tuple[dict[str, list[float]], str | None]:
     """Seconds per job of every variant, round by round; why Docker was skipped, if it was."""
-    bwrap_backend = create_sandbox("bwrap")
-    await bwrap_backend.check()
+    bwrap_backend = BwrapSandbox(fork_server=True)
+    classic_backend = BwrapSandbox(fork_server=False)
+    for backend in (bwrap_backend, classic_backend):
+        await backend.check()
     variants: dict[str, tuple[Job, Before]] = {
         BARE: (subprocess_job([PYTHON, "-I", "-c", PROGRAM]), _nothing),
         "`bwrap` alone": (subprocess_job(BWRAP_ALONE), _nothing),
+        BWRAP_CLASSIC: (sandbox_job(classic_backend), _nothing),
         BWRAP_BACKEND: (sandbox_job(bwrap_backend), _nothing),
     }
     image = DockerSettings().image
@@ -170,6 +175,8 @@ async def measure(
         if engine is not None:
             engine.close()
         await docker_backend.close()
+        for backend in (bwrap_backend, classic_backend):
+            await backend.close()
     return results, skipped
 
 
@@ -201,9 +208,15 @@ def main() -> None:
     rows = [
         docker_row,
         Row(
-            benchmark="bwrap backend, per job, one after another",
+            benchmark="bwrap backend (fork server), per job, one after another",
             crucible=_figure("bwrap backend", results[BWRAP_BACKEND]),
             baseline=_figure("bare `python3 -I -c`", results[BARE]),
+            note="context, no goal",
+        ),
+        Row(
+            benchmark="bwrap backend, fork server vs a fresh bwrap per job",
+            crucible=_figure("fork server", results[BWRAP_BACKEND]),
+            baseline=_figure("a fresh bwrap and interpreter per job", results[BWRAP_CLASSIC]),
             note="context, no goal",
         ),
     ]
