@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 from docker.models.containers import Container
 
 from sandbox.base import register
@@ -170,7 +171,8 @@ class DockerSandbox:
             raise SandboxUnavailableError(
                 f"image {self._settings.image} missing: run `crucible sandbox build-image`"
             ) from exc
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            # An engine that does not answer at all surfaces as requests' own error.
             raise SandboxUnavailableError(f"no Docker engine: {exc}") from exc
         self._pool = ContainerPool(self._client, self._settings)
         await asyncio.to_thread(self._pool.remove_orphans)

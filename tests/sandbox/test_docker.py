@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import docker
 import pytest
 
-from sandbox import ExecSpec, OutputChunk, Verdict
+from sandbox import ExecSpec, OutputChunk, SandboxUnavailableError, Verdict
 from sandbox.docker import DockerSandbox
 from sandbox.docker_pool import LABEL_OWNER, LABEL_ROLE, DockerSettings
 from tests.backends import require_docker
@@ -123,3 +124,14 @@ async def test_missing_image_refuses_to_start(engine: docker.DockerClient) -> No
     sandbox = DockerSandbox(DockerSettings(image="crucible-no-such-image:0", owner="t-none"))
     with pytest.raises(Exception, match="crucible sandbox build-image"):
         await sandbox.check()
+
+
+async def test_no_engine_is_a_clear_unavailable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A port nothing listens on: the engine does not answer at all.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{port}")
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
+    with pytest.raises(SandboxUnavailableError, match="no Docker engine"):
+        await DockerSandbox(DockerSettings(pool_size=0, owner="tests-no-engine")).check()
