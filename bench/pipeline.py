@@ -1,6 +1,7 @@
 """The pipeline around the sandbox, each against a baseline measured in the same run.
 
     .venv/bin/python -m bench.pipeline [--rounds 3] [--samples 30] [--jobs 2000] [--clients 1000]
+                                       [--only sse]
 
 1. `print(1)` end to end (POST /v1/jobs -> SSE `finished`), p50, against one bare
    `/usr/bin/python3 -I -c 'print(1)'` spawn, p50.
@@ -148,6 +149,16 @@ async def fan_out(stack: Stack, clients: int) -> tuple[float, float, int]:
     return percentile(delays, 0.99), rss, complete
 
 
+def report_fan_out(stack: Stack, clients: int) -> None:
+    p99, rss, complete = asyncio.run(fan_out(stack, clients))
+    print(
+        f"{clients} SSE clients on one gateway: p99 delivery {p99 * 1000:.0f} ms "
+        f"(goal < 250 ms), gateway RSS {rss:.0f} MiB (goal < 300 MiB), "
+        f"{complete}/{clients} clients got the whole output",
+        flush=True,
+    )
+
+
 def gateway_rss_mib(stack: Stack) -> float:
     (pid,) = stack.processes("crucible gateway")
     status = Path(f"/proc/{pid}/status").read_text()
@@ -164,6 +175,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["sse"], help="run just the SSE fan-out part")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder:
         # Rate limits off: a thousand clients opening streams at once is the point here.
@@ -173,6 +185,9 @@ def main() -> None:
         }
         stack = start_stack(Path(folder), workers=options.workers, env=unlimited)
         try:
+            if options.only == "sse":
+                report_fan_out(stack, options.clients)
+                return
             spawn = statistics.median(
                 bare_spawn_p50(options.samples) for _ in range(options.rounds)
             )
@@ -196,13 +211,7 @@ def main() -> None:
                 f"ratio {ours / raw:.2f}x (goal >= 0.5x)",
                 flush=True,
             )
-            p99, rss, complete = asyncio.run(fan_out(stack, options.clients))
-            print(
-                f"{options.clients} SSE clients on one gateway: p99 delivery {p99 * 1000:.0f} ms "
-                f"(goal < 250 ms), gateway RSS {rss:.0f} MiB (goal < 300 MiB), "
-                f"{complete}/{options.clients} clients got the whole output",
-                flush=True,
-            )
+            report_fan_out(stack, options.clients)
         finally:
             stack.stop()
 
