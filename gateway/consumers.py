@@ -1,5 +1,6 @@
 """Reading a stream through short-lived ordered consumers: a snapshot of the newest message
-per subject, or a live tail. The gateway may create these on EVENTS and on the runs bucket.
+per subject, a replay up to what the stream holds now, or a live tail. The gateway may create
+these on EVENTS and on the runs bucket.
 """
 
 from __future__ import annotations
@@ -100,5 +101,36 @@ async def tail(
         async def messages() -> AsyncIterator[Msg]:
             async for msg in sub.messages:
                 yield msg
+
+        yield messages()
+
+
+@asynccontextmanager
+async def replay(
+    js: JetStreamContext,
+    inbox: str,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    headers_only: bool,
+) -> AsyncIterator[AsyncIterator[Msg]]:
+    """The messages on `subject` from stream position `start_seq` up to the newest one stored
+    when the replay began (or a little later), in order; then the iterator ends."""
+    config = _ordered_config(
+        subject, api.DeliverPolicy.BY_START_SEQUENCE, headers_only, max(start_seq, 1), inbox
+    )
+    async with _ordered(js, stream, config) as (pending, sub):
+
+        async def messages() -> AsyncIterator[Msg]:
+            if pending == 0:
+                return
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=_NEXT_MESSAGE_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise BusUnavailableError(f"replaying {subject} stalled") from exc
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    return
 
         yield messages()
