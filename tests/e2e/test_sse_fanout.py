@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus import connect
 from bus import subjects as s
+from tests.e2e.runs_client import submit_run
 from tests.sse_client import Event, stream, submit
 from tests.stack import Stack, running_stack
 
@@ -45,13 +46,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def live_tails(stack: Stack) -> float:
+def live_tails(stack: Stack, kind: str = "job") -> float:
     text = httpx.get(f"{stack.url}/metrics", timeout=10).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "crucible_sse_live_tails" and sample.labels == {"stream": "job"}
+        if sample.name == "crucible_sse_live_tails" and sample.labels == {"stream": kind}
     )
 
 
@@ -66,12 +67,14 @@ def events_consumers(stack: Stack) -> int:
     return asyncio.run(count())
 
 
-def settled(stack: Stack) -> tuple[float, int]:
+def settled(stack: Stack, kind: str = "job") -> tuple[float, int]:
     """The live tails and EVENTS consumers left, once the gateway has torn them down."""
     deadline = time.monotonic() + _SETTLE_S
-    while (live_tails(stack), events_consumers(stack)) != (0, 0) and time.monotonic() < deadline:
+    left = (live_tails(stack, kind), events_consumers(stack))
+    while left != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return live_tails(stack), events_consumers(stack)
+        left = (live_tails(stack, kind), events_consumers(stack))
+    return left
 
 
 class Follower(threading.Thread):
@@ -168,3 +171,36 @@ def test_the_tail_is_gone_when_the_last_client_leaves_mid_job(stack: Stack) -> N
     assert settled(stack) == (0, 0)  # while the job still prints
     job = httpx.get(accepted["url"], headers=stack.headers(), timeout=10).json()
     assert job["status"] != "finished"
+
+
+def test_run_stream_clients_share_a_tail_and_each_gets_every_finished_once(stack: Stack) -> None:
+    job = {"language": "python", "code": "import time\ntime.sleep(0.2)\nprint('done')"}
+    accepted = submit_run(stack, [job] * 8)
+    url = accepted["events_url"]
+    crowd = [Follower(url) for _ in range(10)]
+    for follower in crowd:
+        follower.start()
+    rng = random.Random(10)
+    joiners: list[Follower] = []
+    for _ in range(5):
+        time.sleep(rng.uniform(0.1, 0.5))
+        seen = stream(url, stop_after=rng.randint(1, 6))
+        joiner = Follower(url, last_event_id=seen[-1].id)
+        joiner.start()
+        joiners.append(joiner)
+    for follower in [*crowd, *joiners]:
+        follower.join(60)
+        assert follower.error is None, follower.error
+    whole = crowd[0].events
+    done = [e.data["id"] for e in whole if e.event == "finished"]
+    assert sorted(done) == sorted(accepted["job_ids"])  # each job once
+    assert whole[-1].event == "progress" and whole[-1].data["done"] == 8
+    for follower in crowd:
+        assert follower.events == whole
+    for joiner in joiners:
+        after = int(str(joiner.last_event_id))
+        expected = [e for e in whole if int(e.id) > after]
+        # Resumed between a `finished` and its `progress` (same id): that progress is not
+        # repeated; resumed after the end: only the final progress comes again.
+        assert joiner.events == (expected or whole[-1:]), f"after {after}"
+    assert settled(stack, "run") == (0, 0)
