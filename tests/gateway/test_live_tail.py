@@ -1,6 +1,7 @@
-"""The shared live tail of a job's events (real nats-server): however many clients follow a
-job, and wherever they join, each gets every event after its `Last-Event-ID` exactly once and
-in order, through one JetStream consumer that is gone when the last client leaves.
+"""The shared live tail of a job's (or a run's) events (real nats-server): however many
+clients follow it, and wherever they join, each gets every event after its `Last-Event-ID`
+exactly once and in order, through one JetStream consumer that is gone when the last client
+leaves.
 
 A worker identity publishes the events, the gateway's own code reads them; the ring is made
 small so that replays, seams and slow clients falling behind happen within a few events.
@@ -23,6 +24,9 @@ from bus import (
     JobResult,
     NatsSettings,
     OutputEvent,
+    RunChunk,
+    RunMember,
+    RunRecord,
     StartedEvent,
     StreamSettings,
     Verdict,
@@ -35,6 +39,7 @@ from bus import (
 from bus import subjects as s
 from gateway import live_tail
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.run_sse import run_event_stream
 from gateway.schemas import JobView
 from gateway.sse import job_event_stream
 from gateway.views import JobLinks, job_view
@@ -77,10 +82,10 @@ def small_ring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(live_tail, "RETAIN_ENTRIES", 16)
 
 
-def new_record() -> JobRecord:
+def new_record(run_id: str | None = None) -> JobRecord:
     return JobRecord(
         job_id=new_job_id(),
-        run_id=new_run_id(),
+        run_id=run_id or new_run_id(),
         tenant="local",
         language="python",
         submitted_at=utc_now(),
@@ -117,10 +122,15 @@ class Job:
         self._offset += len(text)
         self.seen.append((await self._publish(event), "stdout", text))
 
-    async def finish(self) -> None:
+    async def finish(self) -> int:
         result = JobResult(verdict=Verdict.ACCEPTED, exit_code=0, finished_at=utc_now())
         event = FinishedEvent(worker="w", result=result, seq=self._seq, **self._ids())
-        self.seen.append((await self._publish(event), "finished", self.record.job_id))
+        subject = s.events_subject(self.record.run_id, self.record.job_id)
+        # With the headers a worker sets: a run stream reads only those.
+        headers = {s.EVENT_TYPE_HEADER: "finished", s.VERDICT_HEADER: "accepted"}
+        ack = await publish_model(self._js, subject, event, event.dedup_key, headers)
+        self.seen.append((ack.seq, "finished", self.record.job_id))
+        return ack.seq
 
     def after(self, last_event_id: int | None) -> list[Seen]:
         """What a client resuming after `last_event_id` must get."""
@@ -139,6 +149,8 @@ def parse(chunk: bytes) -> list[Seen]:
         text = data.get("data", "") if fields["event"] == "stdout" else ""
         if fields["event"] == "finished":
             text = data["id"]
+        if fields["event"] == "progress":
+            text = str(data["done"])
         found.append((int(fields["id"]), fields["event"], text))
     return found
 
@@ -288,3 +300,74 @@ async def test_the_tail_is_torn_down_when_its_last_client_leaves_mid_job(
     await job.print("again\n")
     await job.finish()
     assert await follow(bus, job.record, last_event_id=job.seen[1][0]) == job.after(job.seen[1][0])
+
+
+async def follow_run(
+    bus: GatewayBus,
+    record: RunRecord,
+    last_event_id: int | None = None,
+    between: Callable[[list[Seen]], Awaitable[None]] | None = None,
+) -> list[Seen]:
+    def finished_view(job: JobRecord, stored: StoredEvent) -> JobView:
+        links = JobLinks(url=f"http://gateway/v1/jobs/{job.job_id}", events_url="http://gateway/")
+        return job_view(job, stored, links)
+
+    events: list[Seen] = []
+    async for chunk in run_event_stream(bus, record, last_event_id, finished_view):
+        events.extend(parse(chunk))
+        if between is not None:
+            await between(events)
+    return events
+
+
+async def test_run_stream_clients_joining_anywhere_or_stalling_get_each_finished_once(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext, small_ring: None
+) -> None:
+    run = RunRecord(
+        run_id=new_run_id(),
+        tenant="local",
+        created_at=utc_now(),
+        total_jobs=40,
+        chunks=1,
+        events_after_seq=(await debug.stream_info(s.EVENTS_STREAM)).state.last_seq,
+    )
+    records = [new_record(run.run_id) for _ in range(run.total_jobs)]
+    await bus.runs.create(run)
+    members = [RunMember(job_id=record.job_id) for record in records]
+    await bus.runs.put_chunk(run.tenant, RunChunk(run_id=run.run_id, index=0, jobs=members))
+    jobs_kv = await bus.js.key_value(s.JOBS_BUCKET)
+    for record in records:
+        await jobs_kv.put(record.job_id, record.model_dump_json().encode())
+    expected: list[Seen] = [(0, "progress", "0")]
+    fast_done = asyncio.Event()
+
+    async def stall(events: list[Seen]) -> None:
+        if len(events) >= 3:
+            await fast_done.wait()
+
+    stalled = asyncio.create_task(follow_run(bus, run, between=stall))
+    crowd = [asyncio.create_task(follow_run(bus, run)) for _ in range(5)]
+    joiners: list[tuple[int, asyncio.Task[list[Seen]]]] = []
+    rng = random.Random(10)
+    for done, record in enumerate(records, start=1):
+        job = Job(worker, record)
+        await job.start()
+        await job.print("out\n")  # passes by as headers: not on the run stream
+        seq = await job.finish()
+        expected += [(seq, "finished", record.job_id), (seq, "progress", str(done))]
+        if rng.random() < 0.4:
+            last_event_id = rng.choice([seen[0] for seen in expected])
+            joiner = asyncio.create_task(follow_run(bus, run, last_event_id))
+            joiners.append((last_event_id, joiner))
+        await asyncio.sleep(0.001)
+    for events in await asyncio.gather(*crowd):
+        assert events == expected
+    assert not stalled.done()
+    fast_done.set()
+    assert await stalled == expected  # lapped by the ring, replayed, nothing lost
+    for last_event_id, task in joiners:
+        assert await task == [e for e in expected if e[0] > last_event_id], last_event_id
+    # Resumed after the end: only the final progress, again.
+    assert await follow_run(bus, run, expected[-1][0]) == expected[-1:]
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails)) == (0, 0)
