@@ -150,10 +150,11 @@ async def run_event_stream(
     if last_event_id is None:
         yield _progress(FIRST_EVENT_ID, 0, record.total_jobs, Counter())
     after = FIRST_EVENT_ID if last_event_id is None else last_event_id
-    start_seq = record.events_after_seq + 1
 
     def make() -> LiveTail[RunEntry]:
-        return LiveTail("run", _source(bus, record, live=True), start_seq)
+        # It reads from the run's start, so it makes every entry there is: it covers every
+        # position (and fetches every result).
+        return LiveTail("run", _source(bus, record, live=True), FIRST_EVENT_ID + 1)
 
     subject = s.run_events_subject(record.run_id)
     async for batch in follow(bus.tails, subject, after, make, _source(bus, record, live=False)):
