@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
@@ -36,6 +34,7 @@ from bus import (
 )
 from bus import subjects as s
 from gateway.idempotency import IdempotencyKeys
+from gateway.live_tail import LiveTails
 from gateway.run_store import RunStore
 from gateway.workers_registry import WorkerRegistry
 
@@ -50,10 +49,6 @@ class StoredEvent:
     seq: int
     event: JobEvent
     context: Context
-
-
-def _stored(msg: Msg, seq: int) -> StoredEvent:
-    return StoredEvent(seq=seq, event=decode_event(msg.data), context=message_context(msg.headers))
 
 
 class GatewayBus:
@@ -78,6 +73,7 @@ class GatewayBus:
         self.runs = runs
         self._cancels = cancels
         self.idempotency = idempotency
+        self.tails = LiveTails()  # the shared live tails of followed jobs and runs
 
     @property
     def js(self) -> JetStreamContext:
@@ -203,28 +199,6 @@ class GatewayBus:
             return None
         assert raw.data is not None and raw.seq is not None
         return StoredEvent(raw.seq, decode_event(raw.data), message_context(raw.headers))
-
-    @asynccontextmanager
-    async def job_events(
-        self, record: JobRecord, start_seq: int
-    ) -> AsyncIterator[AsyncIterator[StoredEvent]]:
-        """The job's events from stream position `start_seq` on, live, in order."""
-        sub = await self._js.subscribe(
-            s.events_subject(record.run_id, record.job_id),
-            stream=s.EVENTS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=max(start_seq, 1)),
-        )
-
-        async def events() -> AsyncIterator[StoredEvent]:
-            async for msg in sub.messages:
-                yield _stored(msg, msg.metadata.sequence.stream)
-
-        try:
-            yield events()
-        finally:
-            await sub.unsubscribe()
 
     def new_inbox(self) -> str:
         """A reply subject under the gateway's own inbox prefix (its permissions allow no other)."""

@@ -1,9 +1,11 @@
 """Reading a stream through short-lived ordered consumers: a snapshot of the newest message
-per subject, or a live tail. The gateway may create these on EVENTS and on the runs bucket.
+per subject, a replay up to what the stream holds now, or a live tail. The gateway may create
+these on EVENTS and on the runs bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -16,6 +18,8 @@ from bus import BusUnavailableError
 # server sends them back to back, so only an outage gets near it.
 _NEXT_MESSAGE_TIMEOUT_S = 10.0
 _IDLE_HEARTBEAT_S = 5.0
+
+_removals: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references to tasks
 
 
 def _ordered_config(
@@ -55,12 +59,23 @@ async def _ordered(
     try:
         yield info.num_pending or 0, sub
     finally:
-        with suppress(Exception):
-            await sub.unsubscribe()
-        # Now, not after the inactivity timeout: a busy gateway makes many of these, and
-        # each one costs the servers (in a cluster, the meta leader) until it is gone.
-        with suppress(Exception):
-            await js.delete_consumer(stream, info.name)
+        # In a task of its own: the reader may be an SSE client's task being cancelled (it
+        # left), where each await here would be cancelled again before the consumer is gone.
+        removal = asyncio.create_task(_remove(js, stream, info.name, sub))
+        _removals.add(removal)
+        removal.add_done_callback(_removals.discard)
+        await asyncio.shield(removal)
+
+
+async def _remove(
+    js: JetStreamContext, stream: str, consumer: str, sub: JetStreamContext.PushSubscription
+) -> None:
+    with suppress(Exception):
+        await sub.unsubscribe()
+    # Now, not after the inactivity timeout: a busy gateway makes many of these, and each
+    # one costs the servers (in a cluster, the meta leader) until it is gone.
+    with suppress(Exception):
+        await js.delete_consumer(stream, consumer)
 
 
 async def last_per_subject(
@@ -100,5 +115,36 @@ async def tail(
         async def messages() -> AsyncIterator[Msg]:
             async for msg in sub.messages:
                 yield msg
+
+        yield messages()
+
+
+@asynccontextmanager
+async def replay(
+    js: JetStreamContext,
+    inbox: str,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    headers_only: bool,
+) -> AsyncIterator[AsyncIterator[Msg]]:
+    """The messages on `subject` from stream position `start_seq` up to the newest one stored
+    when the replay began (or a little later), in order; then the iterator ends."""
+    config = _ordered_config(
+        subject, api.DeliverPolicy.BY_START_SEQUENCE, headers_only, max(start_seq, 1), inbox
+    )
+    async with _ordered(js, stream, config) as (pending, sub):
+
+        async def messages() -> AsyncIterator[Msg]:
+            if pending == 0:
+                return
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=_NEXT_MESSAGE_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise BusUnavailableError(f"replaying {subject} stalled") from exc
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    return
 
         yield messages()

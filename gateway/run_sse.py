@@ -2,30 +2,54 @@
 
 Ids are EVENTS stream positions, as on a job stream: a `finished` event's id is its
 position, and the `progress` after it shares that id (it is a snapshot that the next one
-supersedes). The first `progress` (`done` 0) has id 0. Resuming after id N replays the
-run's event headers up to N silently, to know which jobs were done by then, and sends the
-rest: no `finished` lost, none twice. A job re-run after a worker crash counts once.
+supersedes). The first `progress` (`done` 0) has id 0. Resuming after id N sends what comes
+after N: no `finished` lost, none twice. A job re-run after a worker crash counts once.
 A stream resumed after the run's end repeats only the final `progress`, so that every
 client learns that the run is over.
+
+The counting needs the run's event headers from its start: the clients of a run share one
+live tail (`gateway.live_tail`) that reads them once and encodes each `progress` once; a
+client that asks for more than the tail still holds replays the headers itself.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+from nats.aio.msg import Msg
 from sse_starlette import ServerSentEvent
 
-from bus import JobRecord, RunRecord
+from bus import FinishedEvent, JobRecord, RunRecord
 from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
-from gateway.consumers import tail
+from gateway.consumers import replay, tail
+from gateway.live_tail import LiveTail, Source, follow
 from gateway.run_schemas import RunProgress
 from gateway.run_status import read_mark
 from gateway.schemas import JobView
 from gateway.security import FIRST_EVENT_ID
 
 FinishedView = Callable[[JobRecord, StoredEvent], JobView]
+
+# What a held `finished` costs beyond its output, for the tail's memory bound.
+_ENTRY_OVERHEAD_BYTES = 2048
+
+
+@dataclass(eq=False)
+class RunEntry:
+    """One job of the run counted as done: its `finished`, and the `progress` after it."""
+
+    seq: int
+    key: str  # the job id: a job counts once
+    size: int
+    final: bool
+    progress: bytes
+    job: JobRecord | None = None  # None when not fetched (before a replay's start) or gone
+    finished: StoredEvent | None = None
+    rendered: dict[str, bytes] = field(default_factory=dict)  # `finished` frames by job URL
 
 
 class _Members:
@@ -48,53 +72,100 @@ class _Members:
         return job_id in self._ids
 
 
-def _progress(seq: int, done: int, total: int, verdicts: Counter[str]) -> ServerSentEvent:
+def _progress(seq: int, done: int, total: int, verdicts: Counter[str]) -> bytes:
     data = RunProgress(done=done, total=total, verdicts=dict(sorted(verdicts.items())))
-    return ServerSentEvent(id=str(seq), event="progress", data=data.model_dump_json())
+    return ServerSentEvent(id=str(seq), event="progress", data=data.model_dump_json()).encode()
 
 
-async def run_event_stream(
-    bus: GatewayBus, record: RunRecord, last_event_id: int | None, finished_view: FinishedView
-) -> AsyncIterator[ServerSentEvent]:
-    """Every `finished` (and `progress`) after `last_event_id`, ending after the last job."""
+async def _entries(
+    bus: GatewayBus, record: RunRecord, messages: AsyncIterator[Msg], fetch_from_seq: int
+) -> AsyncIterator[RunEntry]:
+    """The run's entries from its start; results are fetched from `fetch_from_seq` on."""
     members = _Members(bus, record)
     await members.load()
     done: set[str] = set()
     verdicts: Counter[str] = Counter()
-    last_seq = FIRST_EVENT_ID
-    sent_any = False
+    async for msg in messages:
+        mark = await read_mark(bus, msg)
+        if mark.type != "finished" or mark.verdict is None or mark.job_id in done:
+            continue
+        if not await members.contains(mark.job_id):
+            continue  # a job of a submission that failed and was taken back
+        done.add(mark.job_id)
+        verdicts[mark.verdict.value] += 1
+        progress = _progress(mark.seq, len(done), members.record.total_jobs, verdicts)
+        final = False
+        if len(done) >= members.record.total_jobs:
+            await members.load()  # jobs may have been appended meanwhile
+            final = len(done) >= members.record.total_jobs
+        entry = RunEntry(mark.seq, mark.job_id, len(progress), final, progress)
+        if mark.seq >= fetch_from_seq:
+            entry.finished = await bus.event_at(mark.seq)
+            entry.job = await bus.record(mark.job_id)
+            if entry.finished is not None and isinstance(entry.finished.event, FinishedEvent):
+                result = entry.finished.event.result
+                entry.size += len(result.stdout) + len(result.stderr) + _ENTRY_OVERHEAD_BYTES
+        yield entry
+        if final:
+            return
+
+
+def _source(bus: GatewayBus, record: RunRecord, live: bool) -> Source[RunEntry]:
+    """The run's entries live (for its tail), or up to what is stored (for a replay)."""
+    read = tail if live else replay
+
+    @asynccontextmanager
+    async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[RunEntry]]:
+        async with read(
+            bus.js,
+            bus.new_inbox(),
+            s.EVENTS_STREAM,
+            s.run_events_subject(record.run_id),
+            # Counting starts at the run's start, whatever the client has seen.
+            start_seq=record.events_after_seq + 1,
+            headers_only=True,  # stdout chunks pass by as headers, never as megabytes
+        ) as messages:
+            yield _entries(bus, record, messages, start_seq)
+
+    return entries
+
+
+def _finished_frame(entry: RunEntry, finished_view: FinishedView) -> bytes | None:
+    if entry.job is None or entry.finished is None:
+        return None  # aged out of the stream, or the record expired
+    view = finished_view(entry.job, entry.finished)
+    # Clients that reach the gateway by the same address get the same links: one encoding.
+    frame = entry.rendered.get(view.url)
+    if frame is None:
+        data = view.model_dump_json(exclude={"events_url"})
+        frame = ServerSentEvent(id=str(entry.seq), event="finished", data=data).encode()
+        entry.rendered[view.url] = frame
+    return frame
+
+
+async def run_event_stream(
+    bus: GatewayBus, record: RunRecord, last_event_id: int | None, finished_view: FinishedView
+) -> AsyncIterator[bytes]:
+    """Every `finished` (and `progress`) after `last_event_id`, ending after the last job."""
     if last_event_id is None:
-        yield _progress(FIRST_EVENT_ID, 0, members.record.total_jobs, verdicts)
-    async with tail(
-        bus.js,
-        bus.new_inbox(),
-        s.EVENTS_STREAM,
-        s.run_events_subject(record.run_id),
-        start_seq=record.events_after_seq + 1,
-        headers_only=True,  # stdout chunks pass by as headers, never as megabytes
-    ) as messages:
-        async for msg in messages:
-            mark = await read_mark(bus, msg)
-            if mark.type != "finished" or mark.verdict is None or mark.job_id in done:
-                continue
-            if not await members.contains(mark.job_id):
-                continue  # a job of a submission that failed and was taken back
-            done.add(mark.job_id)
-            verdicts[mark.verdict.value] += 1
-            last_seq = mark.seq
-            if last_event_id is None or mark.seq > last_event_id:
-                sent_any = True
-                stored = await bus.event_at(mark.seq)
-                job = await bus.record(mark.job_id)
-                if stored is not None and job is not None:
-                    data = finished_view(job, stored).model_dump_json(exclude={"events_url"})
-                    yield ServerSentEvent(id=str(mark.seq), event="finished", data=data)
-                yield _progress(mark.seq, len(done), members.record.total_jobs, verdicts)
-            if len(done) >= members.record.total_jobs:
-                await members.load()  # jobs may have been appended meanwhile
-                if len(done) >= members.record.total_jobs:
-                    break
-    if not sent_any and last_event_id is not None:
-        # Resumed after the last `finished`: the final `progress` (sharing its id) may be
-        # what the client missed, so send it again; it is a snapshot, a repeat is harmless.
-        yield _progress(last_seq, len(done), members.record.total_jobs, verdicts)
+        yield _progress(FIRST_EVENT_ID, 0, record.total_jobs, Counter())
+    after = FIRST_EVENT_ID if last_event_id is None else last_event_id
+
+    def make() -> LiveTail[RunEntry]:
+        # It reads from the run's start, so it makes every entry there is: it covers every
+        # position (and fetches every result).
+        return LiveTail("run", _source(bus, record, live=True), FIRST_EVENT_ID + 1)
+
+    subject = s.run_events_subject(record.run_id)
+    async for batch in follow(bus.tails, subject, after, make, _source(bus, record, live=False)):
+        frames: list[bytes] = []
+        for entry in batch:
+            if entry.seq > after:
+                frame = _finished_frame(entry, finished_view)
+                if frame is not None:
+                    frames.append(frame)
+            # A final entry not after `after` means the client resumed after the run's end:
+            # the final `progress` (sharing its id) may be what it missed, so it comes again;
+            # it is a snapshot, a repeat is harmless.
+            frames.append(entry.progress)
+        yield b"".join(frames)

@@ -2,19 +2,26 @@
 
 Ids are positions: `0` is the `queued` event (derived from the job's record), every other id
 is the event's sequence in the EVENTS stream, so a reconnecting client names exactly where it
-stopped, even across gateway restarts.
+stopped, even across gateway restarts. All the clients of a job share one live tail
+(`gateway.live_tail`): each event is parsed and encoded once, whoever follows it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from sse_starlette import ServerSentEvent
 
-from bus import FinishedEvent, JobRecord
+from bus import FinishedEvent, JobRecord, decode_event, message_context
+from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.consumers import replay, tail
+from gateway.live_tail import LiveTail, Source, follow
 from gateway.schemas import JobView
 from gateway.views import queued_data
 
@@ -22,52 +29,113 @@ QUEUED_EVENT_ID = 0
 
 tracer = trace.get_tracer(__name__)
 
+FinishedView = Callable[[StoredEvent], JobView]
 
-def _sse(stored: StoredEvent, finished_view: Callable[[StoredEvent], JobView]) -> ServerSentEvent:
-    event = stored.event
-    if isinstance(event, FinishedEvent):
+
+@dataclass(eq=False)
+class JobEntry:
+    """One event of a job, its frame encoded once for every client."""
+
+    seq: int
+    key: str  # the event's (job, attempt, seq): a re-publish has the same
+    size: int
+    final: bool
+    frame: bytes  # empty for `finished`, which each client renders with its own links
+    finished: StoredEvent | None = None
+    rendered: dict[str, bytes] = field(default_factory=dict)  # `finished` frames by job URL
+
+
+async def _entries(messages: AsyncIterator[Msg]) -> AsyncIterator[JobEntry]:
+    seen: set[str] = set()
+    async for msg in messages:
+        seq = msg.metadata.sequence.stream
+        event = decode_event(msg.data)
+        if event.dedup_key in seen:
+            continue  # a re-published event (same job, attempt and seq) is shown once
+        seen.add(event.dedup_key)
+        if isinstance(event, FinishedEvent):
+            stored = StoredEvent(seq, event, message_context(msg.headers))
+            yield JobEntry(seq, event.dedup_key, len(msg.data), True, b"", stored)
+        else:
+            data = event.model_dump_json(exclude={"run_id"})
+            frame = ServerSentEvent(id=str(seq), event=event.type, data=data).encode()
+            yield JobEntry(seq, event.dedup_key, len(frame), False, frame)
+
+
+def _source(bus: GatewayBus, subject: str, live: bool) -> Source[JobEntry]:
+    """The job's entries live (for its tail), or up to what is stored (for a replay)."""
+    read = tail if live else replay
+
+    @asynccontextmanager
+    async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:
+        async with read(
+            bus.js, bus.new_inbox(), s.EVENTS_STREAM, subject, start_seq, headers_only=False
+        ) as messages:
+            yield _entries(messages)
+
+    return entries
+
+
+def _finished_frame(entry: JobEntry, finished_view: FinishedView) -> bytes:
+    assert entry.finished is not None
+    view = finished_view(entry.finished)
+    # Clients that reach the gateway by the same address get the same links: one encoding.
+    frame = entry.rendered.get(view.url)
+    if frame is None:
         # Without events_url: its token is re-issued per request, and a replayed event must
         # be byte for byte the event first sent.
-        data = finished_view(stored).model_dump_json(exclude={"events_url"})
-    else:
-        data = event.model_dump_json(exclude={"run_id"})
-    return ServerSentEvent(id=str(stored.seq), event=event.type, data=data)
+        data = view.model_dump_json(exclude={"events_url"})
+        frame = ServerSentEvent(id=str(entry.seq), event="finished", data=data).encode()
+        entry.rendered[view.url] = frame
+    return frame
 
 
 async def job_event_stream(
     bus: GatewayBus,
     record: JobRecord,
     last_event_id: int | None,
-    finished_view: Callable[[StoredEvent], JobView],
-) -> AsyncIterator[ServerSentEvent]:
+    finished_view: FinishedView,
+) -> AsyncIterator[bytes]:
     """Every event after `last_event_id` (all of them when None), ending after `finished`."""
+    tail_start_seq = 1
     if last_event_id is None:
-        yield ServerSentEvent(
-            id=str(QUEUED_EVENT_ID), event="queued", data=queued_data(record).model_dump_json()
-        )
+        queued = queued_data(record).model_dump_json()
+        yield ServerSentEvent(id=str(QUEUED_EVENT_ID), event="queued", data=queued).encode()
     else:
         last = await bus.last_event(record)
         if last is not None and isinstance(last.event, FinishedEvent) and last.seq <= last_event_id:
             return  # the client has seen the end already
-    start_seq = (last_event_id or QUEUED_EVENT_ID) + 1
-    seen: set[str] = set()
-    async with bus.job_events(record, start_seq) as events:
-        async for stored in events:
-            # A re-published event (same job, attempt and seq) is shown once.
-            if stored.event.dedup_key in seen:
-                continue
-            seen.add(stored.event.dedup_key)
-            if isinstance(stored.event, FinishedEvent):
-                # Ended before the yield: a span must not stay current across a generator's
-                # suspension, where its context could leak into the caller.
-                span = tracer.start_span(
-                    "sse deliver finished",
-                    context=stored.context,
-                    kind=SpanKind.CONSUMER,
-                    attributes={"crucible.job_id": record.job_id, "sse.event_id": stored.seq},
-                )
-                finished = _sse(stored, finished_view)
-                span.end()
-                yield finished
-                return
-            yield _sse(stored, finished_view)
+        if last is not None:
+            # A tail this client starts must not begin past what the stream holds: a later
+            # client with an older id replays up to the tail's start, which assumes that
+            # everything before it is stored already.
+            tail_start_seq = min(last_event_id, last.seq) + 1
+    after = last_event_id or QUEUED_EVENT_ID
+    subject = s.events_subject(record.run_id, record.job_id)
+
+    def make() -> LiveTail[JobEntry]:
+        return LiveTail("job", _source(bus, subject, live=True), tail_start_seq)
+
+    async for batch in follow(bus.tails, subject, after, make, _source(bus, subject, live=False)):
+        end = batch[-1]
+        frames = b"".join(entry.frame for entry in batch)  # `finished` adds nothing: it is last
+        if not end.final:
+            yield frames
+            continue
+        if frames:
+            yield frames
+        if end.seq <= after:
+            return  # seen already
+        # Ended before the yield: a span must not stay current across a generator's
+        # suspension, where its context could leak into the caller.
+        assert end.finished is not None
+        span = tracer.start_span(
+            "sse deliver finished",
+            context=end.finished.context,
+            kind=SpanKind.CONSUMER,
+            attributes={"crucible.job_id": record.job_id, "sse.event_id": end.seq},
+        )
+        frame = _finished_frame(end, finished_view)
+        span.end()
+        yield frame
+        return
