@@ -19,9 +19,11 @@ interpreter.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import shutil
+from contextlib import suppress
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -203,6 +205,24 @@ def _zygote_argv(control_fd: int, job_filter_fd: int, seccomp_fd: int) -> list[s
     ]
 
 
+async def _spawn_whole(command: Command, cgroup: JobCgroup) -> asyncio.subprocess.Process:
+    """Start `command`; a cancel meanwhile lets it start, then kills it as a job is killed.
+
+    asyncio's own clean-up of a subprocess cancelled while starting could wait for ever on
+    one that was joining its cgroup.
+    """
+    starting = asyncio.ensure_future(spawn(command))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        process = await starting
+        await cgroup.kill()
+        with suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+
+
 @cache
 def _tool(name: str) -> str:
     """The absolute path of a host tool, found once on the worker's PATH."""
@@ -312,7 +332,7 @@ class BwrapSandbox:
                 env={"CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files))},
                 pass_fds=[*contents, filter_fd, *([phase_write] if phase_write else [])],
             )
-            process = await spawn(command)
+            process = await _spawn_whole(command, cgroup)
             phase, phase_read = phase_read, None  # execute() owns it now
             return await execute(
                 process, spec.stdin, spec.limits, cgroup, on_output, compile_limits, phase
@@ -322,4 +342,5 @@ class BwrapSandbox:
                 if leftover is not None:
                     os.close(leftover)
             if cgroup is not None:
+                await cgroup.kill()  # a start cancelled half-way may have left a process in it
                 cgroup.remove()

@@ -135,9 +135,10 @@ class JobCgroup:
     def empty(self) -> bool:
         return not self._tasks()
 
-    def _tasks(self) -> list[int]:
-        text = (self.dirs["pids"] / "cgroup.procs").read_text()
-        return [int(pid) for pid in text.split()]
+    def _tasks(self) -> set[int]:
+        # Every controller's: a process still joining them one by one (a job cancelled as
+        # it starts) may be in some and not yet in others, and must not be missed.
+        return {int(pid) for path in self.procs_files for pid in path.read_text().split()}
 
     async def kill(self) -> None:
         """Kill every process of the job; freeze first so that nothing can fork meanwhile."""

@@ -120,7 +120,7 @@ class _Ran:
     wall_time_s: float
 
 
-async def _exit_code(api: docker.APIClient, exec_id: str) -> int:
+async def _exit_code(api: docker.APIClient, exec_id: str, output_ended: asyncio.Future[Any]) -> int:
     """The exec's exit status, once its process has ended."""
     while True:
         info = await asyncio.to_thread(api.exec_inspect, exec_id)
@@ -128,7 +128,12 @@ async def _exit_code(api: docker.APIClient, exec_id: str) -> int:
         if not info["Running"] and info["ExitCode"] is not None:
             code: int = info["ExitCode"]
             return code
-        await asyncio.sleep(_EXIT_POLL_S)
+        if output_ended.done():
+            await asyncio.sleep(_EXIT_POLL_S)
+        else:
+            # Output usually ends as the process does: then look again at once, not a poll
+            # interval later (once only: a process may close its output and run on).
+            await asyncio.wait({output_ended}, timeout=_EXIT_POLL_S)
 
 
 def _engine() -> docker.DockerClient:
@@ -318,7 +323,7 @@ class DockerSandbox:
         routing = asyncio.create_task(route())
         overflow = asyncio.create_task(output.overflowed.wait())
         ended: asyncio.Future[Any] = asyncio.gather(routing, *readers)
-        exited = asyncio.create_task(_exit_code(api, exec_id["Id"]))
+        exited = asyncio.create_task(_exit_code(api, exec_id["Id"], ended))
         try:
             # The wall clock is enforced from out here, on the job's process, not its output:
             # a daemon that keeps stdout open does not stretch the job.

@@ -88,6 +88,7 @@ class Process(Protocol):
     @property
     def returncode(self) -> int | None: ...
     async def wait(self) -> int: ...
+    def kill(self) -> None: ...
 
 
 async def spawn(command: Command) -> asyncio.subprocess.Process:
@@ -161,6 +162,9 @@ async def execute(
             task.cancel()
         if process.returncode is None:
             await cgroup.kill()
+            # Cancelled as it started, it may not be in its cgroup yet: it goes all the same.
+            with suppress(ProcessLookupError):
+                process.kill()
             await process.wait()
         if phase_pipe is not None:
             phase_pipe.close()

@@ -135,6 +135,9 @@ class ZygoteProcess:
     async def wait(self) -> int:
         return await asyncio.shield(self._status)
 
+    def kill(self) -> None:
+        """Nothing to do beyond the cgroup's kill: the init joined it before its job came."""
+
     async def _read_status(self, sock: socket.socket) -> int:
         loop = asyncio.get_running_loop()
         data = b""
@@ -144,6 +147,8 @@ class ZygoteProcess:
                 if not more:
                     break
                 data += more
+        except ConnectionResetError:
+            pass  # killed with the job unread (cancelled as it started): no report
         finally:
             sock.close()
         try:
@@ -184,9 +189,9 @@ class ReadyInit:
         sock, self._sock = self._sock, None
         body = job.model_dump_json().encode()
         stdin_fd = _read_only_stdin(stdin)
+        fds, self._fds = self._fds, []  # the readers own them from here on
         try:
-            stdout, stderr, transports = await _pipe_readers(*self._fds)
-            self._fds = []
+            stdout, stderr, transports = await _pipe_readers(*fds)
         except BaseException:
             sock.close()
             os.close(stdin_fd)

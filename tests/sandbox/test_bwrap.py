@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict, create_sandbox
+from sandbox.bwrap import BwrapSandbox
 from sandbox.cgroups import CGROUP_ROOT, PARENT
 
 
@@ -291,3 +292,26 @@ async def test_the_program_cannot_fake_the_compile_phase() -> None:
     )
     result = await compiled("c", code)
     assert (result.verdict, result.exit_code) == (Verdict.RUNTIME_ERROR, 3)
+
+
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "classic"])
+async def test_a_job_cancelled_as_it_starts_is_killed(fork_server: bool) -> None:
+    # Cancels landing while the sandbox is still being set up: the job must not run on (a
+    # minute here) outside the reach of the kill, nor leave its cgroup behind.
+    sandbox = BwrapSandbox(fork_server=fork_server)
+    await sandbox.check()
+
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(job_id="j-test", language="python", code="import time\ntime.sleep(60)")
+    try:
+        for delay_s in (0, 0.002, 0.005, 0.01, 0.02, 0.05):
+            task = asyncio.create_task(sandbox.run(spec, ignore))
+            await asyncio.sleep(delay_s)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
+            assert job_cgroups() == []
+    finally:
+        await sandbox.close()
