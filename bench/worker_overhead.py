@@ -27,17 +27,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from bench.pipeline import bare_spawn_p50
 from bus import (
+    FinishedEvent,
     JobMessage,
     JobSpec,
     NatsSettings,
     StreamSettings,
     connect,
+    decode_event,
     ensure_streams,
     new_job_id,
     new_run_id,
@@ -87,6 +90,11 @@ class Bench:
         self.monitor_port = free_port()
         self.layout = write_nats_config(folder, free_port(), monitor_port=self.monitor_port)
         self.finished: dict[str, asyncio.Event] = {}
+        self.submitted: dict[str, datetime] = {}
+        # Per job: enqueued -> run started, run started -> result judged, judged -> `finished`
+        # seen on the bus. The first and last are the worker's and the bus's; the middle is
+        # the sandbox's (and, where a store blocks the run, the bus's too).
+        self.phases: dict[str, tuple[float, float, float]] = {}
 
     def settings(self, service: str) -> NatsSettings:
         return NatsSettings(url=self.layout.url, creds_file=self.layout.creds_files[service])
@@ -128,8 +136,16 @@ class Bench:
         async def on_event(msg: object) -> None:
             headers = getattr(msg, "headers", None) or {}
             if headers.get(s.EVENT_TYPE_HEADER) == "finished":
-                job_id = getattr(msg, "subject", "").rsplit(".", 1)[1]
-                self.finished.setdefault(job_id, asyncio.Event()).set()
+                seen = utc_now()
+                event = decode_event(getattr(msg, "data", b""))
+                assert isinstance(event, FinishedEvent) and event.result.started_at is not None
+                result = event.result
+                self.phases[event.job_id] = (
+                    (result.started_at - self.submitted[event.job_id]).total_seconds(),
+                    (result.finished_at - result.started_at).total_seconds(),
+                    (seen - result.finished_at).total_seconds(),
+                )
+                self.finished.setdefault(event.job_id, asyncio.Event()).set()
 
         async def on_heartbeat(_: object) -> None:
             ready.set()
@@ -140,16 +156,21 @@ class Bench:
         try:
             await asyncio.wait_for(ready.wait(), _READY_TIMEOUT_S)
             await self._enqueue(js, [_job()])  # warm-up: first sandbox, first imports
-            latencies = []
+            latencies, phases = [], []
             for _ in range(samples):
+                job = _job()
                 started = time.perf_counter()
-                await self._enqueue(js, [_job()])
+                await self._enqueue(js, [job])
                 latencies.append(time.perf_counter() - started)
+                phases.append(self.phases[job.job_id])
             spawn = await asyncio.to_thread(bare_spawn_p50, samples)
             e2e = statistics.median(latencies)
+            before, inside, after = (statistics.median(p) * 1000 for p in zip(*phases, strict=True))
             print(
                 f"one at a time: enqueue -> finished p50 {e2e * 1000:.2f} ms; bare python3 spawn "
-                f"p50 {spawn * 1000:.2f} ms; ratio {e2e / spawn:.2f}x",
+                f"p50 {spawn * 1000:.2f} ms; ratio {e2e / spawn:.2f}x\n"
+                f"  p50 phases: enqueued -> run started {before:.2f} ms, run {inside:.2f} ms, "
+                f"judged -> finished seen {after:.2f} ms",
                 flush=True,
             )
             sent0, received0 = _worker_msgs(self.monitor_url)
@@ -179,6 +200,7 @@ class Bench:
     async def _enqueue(self, js: object, messages: list[JobMessage]) -> None:
         """Enqueue `messages` at once and wait until every one has finished."""
         waits = [self.finished.setdefault(m.job_id, asyncio.Event()) for m in messages]
+        self.submitted.update((m.job_id, m.submitted_at) for m in messages)
         outgoing = [
             Outgoing(s.job_subject(m.tenant), m.model_dump_json().encode(), m.job_id)
             for m in messages
