@@ -1,6 +1,6 @@
 """The worker's own cost per job around a real sandbox: CPU, NATS messages and latency.
 
-    .venv/bin/python -m bench.worker_overhead [--jobs 300] [--samples 40] [--concurrency 2]
+    .venv/bin/python -m bench.worker_overhead [--jobs 300] [--samples 40] [--concurrency 1]
                                               [--profile FILE]
 
 Starts a nats-server (monitoring on) and one `crucible worker` with its real sandbox, and
@@ -221,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--profile", type=Path, default=None)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder:
