@@ -7,15 +7,16 @@ program starts, output is queued as it is produced, and output that arrives whil
 in flight is coalesced with the output queued before it (same stream, contiguous bytes, up to
 a bound) into one event. A chatty program so costs a store per round trip, not one per write,
 and the sandbox never waits on the bus unless a megabyte is queued. `finished` is stored only
-after everything before it. A refused or failed store ends the attempt: it is raised from
-every later call, and `on_failure` callbacks (the worker's: stop the sandbox) are called.
+after everything before it. A refused or failed store ends the attempt: nothing more of it is
+stored, and `finished` raises the error. The run itself is not stopped for it: it ends within
+its limits, and stopping a sandbox in the middle of its start is the one moment its clean-up
+is not sure to work.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,23 +80,10 @@ class AttemptEvents:
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
-        self._on_failure: list[Callable[[], object]] = []
 
     @property
     def attempt(self) -> int:
         return self._attempt
-
-    def on_failure(self, callback: Callable[[], object]) -> None:
-        """Call `callback` once a store fails (at once if one has failed already)."""
-        if self._failure is not None:
-            callback()
-        else:
-            self._on_failure.append(callback)
-
-    def raise_failure(self) -> None:
-        """Raise the error a store failed with, if one did."""
-        if self._failure is not None:
-            raise self._failure
 
     def started(self) -> None:
         """Queue `started`; it is stored while the sandbox starts."""
@@ -104,7 +92,8 @@ class AttemptEvents:
 
     async def output(self, chunk: OutputChunk) -> None:
         """Queue a chunk of output, merged into the queued output before it where it can be."""
-        self.raise_failure()
+        if self._failure is not None:
+            return  # the attempt is void: `finished` raises why
         size = len(chunk.data.encode())
         last = self._queue[-1] if self._queue else None
         if (
@@ -143,7 +132,8 @@ class AttemptEvents:
         # Shielded: a cancelled reader (the run being stopped) must not cut a store in half.
         if self._writer is not None:
             await asyncio.shield(self._writer)
-        self.raise_failure()
+        if self._failure is not None:
+            raise self._failure
 
     async def _write(self) -> None:
         try:
@@ -160,8 +150,7 @@ class AttemptEvents:
         except Exception as exc:
             self._failure = exc
             self._queue.clear()
-            for callback in self._on_failure:
-                callback()
+            self._queued_bytes = 0
         finally:
             self._writer = None
 

@@ -207,12 +207,16 @@ class Worker:
         """Process one job; `free` is set when its sandbox is no longer needed."""
         self._busy += 1
         metrics.SLOTS_BUSY.inc()
+        released = False
 
         def release() -> None:
-            if not free.done():
-                free.set_result(None)
+            nonlocal released
+            if not released:
+                released = True
                 self._busy -= 1
                 metrics.SLOTS_BUSY.dec()
+            if not free.done():  # cancelled when the slot itself was (a shutdown)
+                free.set_result(None)
 
         try:
             await self._process(js, msg, max_attempts, ack_wait_s, release)
@@ -386,20 +390,16 @@ class Worker:
         return True
 
     async def _run(self, job: JobMessage, events: AttemptEvents, started_at: datetime) -> JobResult:
-        """The sandbox run, stopped by a cancel request for this job or a failed store."""
+        """The sandbox run, cancellable on its own by a cancel request for this job."""
         run = asyncio.create_task(execute(self._sandbox, job, events.output, started_at))
         self._running[job.job_id] = run
-        events.on_failure(run.cancel)  # nothing more of this attempt could be stored
         try:
             return await run
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if current and current.cancelling():
-                raise  # a shutdown: the job goes back to the queue
-            if job.job_id in self._cancelled:
+            if job.job_id in self._cancelled and not (current and current.cancelling()):
                 return cancelled("cancelled while running", started_at)
-            events.raise_failure()
-            raise
+            raise  # a shutdown, not a cancel request: the job goes back to the queue
         finally:
             self._running.pop(job.job_id, None)
 
