@@ -9,6 +9,10 @@ stored one, so its events never share (job, attempt, seq) with an earlier attemp
 Each attempt then writes only after the event it last saw (`Nats-Expected-Last-Subject-
 Sequence`): a worker that lost its job, and whose delayed events arrive late, is refused by
 the server instead of adding a second result.
+
+A first delivery does not read it: its first store, conditional on the job having no events,
+makes the server do the same check, and a refusal there reads the history after all
+(`Worker._process`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ Delivery is at least once. A job is acked after its `finished` event is stored; 
 that dies before that leaves the job to be redelivered, and it runs again as a new attempt.
 Attempts are the runs that started (stored `started` events), not deliveries: once
 `max_attempts` have started, the next delivery records `internal_error` instead.
+
+Per job the bus is in the way as little as it can be: a first delivery reads no history (see
+`_process`), a redelivery reads it while it checks for a cancel request, `started` and output
+are stored beside the sandbox run (workers/events.py), the ack is not waited for, and a slot
+fetches its next job as soon as its sandbox is free, while the last job's `finished` is
+still being stored.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
 
@@ -41,9 +48,9 @@ from bus import subjects as s
 from observability import job_id_var
 from sandbox import Sandbox
 from workers import metrics
-from workers.events import AttemptEvents
+from workers.events import AttemptEvents, StaleHistoryError
 from workers.execute import execute
-from workers.history import job_history
+from workers.history import History, job_history
 from workers.judge import cancelled, platform_failure
 from workers.settings import WorkerSettings
 
@@ -67,6 +74,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._busy = 0
         self._running: dict[str, asyncio.Task[JobResult]] = {}  # job id -> its sandbox run
+        self._claimed: set[str] = set()  # jobs fetched and not done: a cancel notice is kept
         self._cancelled: set[str] = set()
 
     def stop(self) -> None:
@@ -157,30 +165,75 @@ class Worker:
         max_attempts: int,
         ack_wait_s: float,
     ) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
-            except TimeoutError:
-                continue
-            except Exception:
-                log.exception("fetching a job failed; retrying")
-                await asyncio.sleep(self.settings.fetch_wait_s)
-                continue
-            for msg in msgs:
-                self._busy += 1
-                metrics.SLOTS_BUSY.inc()
-                try:
-                    await self._process(js, msg, max_attempts, ack_wait_s)
-                except Exception:
-                    # The bus failed before the job ran (NATS restarting, a node lost): the
-                    # slot lives on, and the job comes back after its ack wait.
-                    log.exception("could not process a job; it will be redelivered")
-                finally:
-                    self._busy -= 1
-                    metrics.SLOTS_BUSY.dec()
+        """One sandbox's worth of jobs: the next is fetched once the sandbox is free, while the
+        last job's `finished` is still being stored and acked."""
+        jobs: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                msg = await self._fetch(psub)
+                if msg is None:
+                    continue
+                free = asyncio.get_running_loop().create_future()
+                job = asyncio.create_task(self._serve(js, msg, max_attempts, ack_wait_s, free))
+                jobs.add(job)
+                job.add_done_callback(jobs.discard)
+                await free
+            if jobs:
+                await asyncio.wait(jobs)
+        finally:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> Msg | None:
+        try:
+            (msg,) = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
+        except TimeoutError:
+            return None
+        except Exception:
+            log.exception("fetching a job failed; retrying")
+            await asyncio.sleep(self.settings.fetch_wait_s)
+            return None
+        return msg
+
+    async def _serve(
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        max_attempts: int,
+        ack_wait_s: float,
+        free: asyncio.Future[None],
+    ) -> None:
+        """Process one job; `free` is set when its sandbox is no longer needed."""
+        self._busy += 1
+        metrics.SLOTS_BUSY.inc()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._busy -= 1
+                metrics.SLOTS_BUSY.dec()
+            if not free.done():  # cancelled when the slot itself was (a shutdown)
+                free.set_result(None)
+
+        try:
+            await self._process(js, msg, max_attempts, ack_wait_s, release)
+        except Exception:
+            # The bus failed before the job ran (NATS restarting, a node lost): the slot
+            # lives on, and the job comes back after its ack wait.
+            log.exception("could not process a job; it will be redelivered")
+        finally:
+            release()
 
     async def _process(
-        self, js: JetStreamContext, msg: Msg, max_attempts: int, ack_wait_s: float
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        max_attempts: int,
+        ack_wait_s: float,
+        release: Callable[[], None],
     ) -> None:
         try:
             job = JobMessage.model_validate_json(msg.data)
@@ -189,70 +242,114 @@ class Worker:
             await msg.term()  # redelivering it would fail the same way forever
             return
         token = job_id_var.set(job.job_id)
+        self._claimed.add(job.job_id)
+        # A first delivery has nothing stored to read: no earlier attempt could have run it.
+        # Should that be wrong (a server that crashed may have lost its count of deliveries),
+        # the attempt's first store, conditional on the job having no events at all, is
+        # refused (StaleHistoryError) before anything is stored, and the history is read then.
+        assumed = History() if msg.metadata.num_delivered == 1 else None
         try:
-            history = await job_history(js, job)
-            if history.finished:
-                # An earlier delivery stored its result, then lost its ack (its worker died
-                # in between): the job is done, and running it again would give two results.
-                await msg.ack_sync()
-                log.info("job already finished by an earlier attempt; acknowledged")
-                return
-            attempt = history.next_attempt()
-            with tracer.start_as_current_span(
-                f"process {s.JOBS_STREAM}",
-                context=message_context(msg.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.message.id": job.job_id,
-                    "crucible.job_id": job.job_id,
-                    "crucible.run_id": job.run_id,
-                    "crucible.attempt": attempt,
-                },
-            ) as span:
-                waited = (utc_now() - job.submitted_at).total_seconds()
-                span.add_event("dequeued", {"crucible.queue_wait_s": max(waited, 0.0)})
-                events = AttemptEvents(
-                    js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
-                )
-                await self._attempt(js, msg, job, events, max_attempts, ack_wait_s)
+            try:
+                await self._deliver(js, msg, job, assumed, max_attempts, ack_wait_s, release)
+            except StaleHistoryError:
+                if assumed is None:
+                    raise
+                log.info("a first delivery found earlier events stored; reading them")
+                await self._deliver(js, msg, job, None, max_attempts, ack_wait_s, release)
+        except SupersededError:
+            # The job was redelivered while this attempt was cut off, and the newer attempt
+            # owns it now: stop without a word (no ack, no nak), so as to add no result.
+            log.warning("another attempt of this job took over; this one stops")
         finally:
+            self._claimed.discard(job.job_id)
+            self._cancelled.discard(job.job_id)
             job_id_var.reset(token)
 
-    async def _attempt(
+    async def _deliver(
         self,
         js: JetStreamContext,
         msg: Msg,
         job: JobMessage,
-        events: AttemptEvents,
+        known: History | None,
         max_attempts: int,
         ack_wait_s: float,
+        release: Callable[[], None],
+    ) -> None:
+        """One go at the job from what is stored (`known`, or read now)."""
+        if known is None:
+            history, cancel_requested = await asyncio.gather(
+                job_history(js, job), self._cancel_requested(js, job.job_id)
+            )
+        else:
+            history, cancel_requested = known, await self._cancel_requested(js, job.job_id)
+        if history.finished:
+            # An earlier delivery stored its result, then lost its ack (its worker died
+            # in between): the job is done, and running it again would give two results.
+            await msg.ack()
+            log.info("job already finished by an earlier attempt; acknowledged")
+            return
+        attempt = history.next_attempt()
+        with tracer.start_as_current_span(
+            f"process {s.JOBS_STREAM}",
+            context=message_context(msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.message.id": job.job_id,
+                "crucible.job_id": job.job_id,
+                "crucible.run_id": job.run_id,
+                "crucible.attempt": attempt,
+            },
+        ) as span:
+            waited = (utc_now() - job.submitted_at).total_seconds()
+            span.add_event("dequeued", {"crucible.queue_wait_s": max(waited, 0.0)})
+            events = AttemptEvents(
+                js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
+            )
+            cancel_requested = cancel_requested or job.job_id in self._cancelled
+            await self._attempt(
+                msg, job, events, cancel_requested, max_attempts, ack_wait_s, release
+            )
+
+    async def _attempt(
+        self,
+        msg: Msg,
+        job: JobMessage,
+        events: AttemptEvents,
+        cancel_requested: bool,
+        max_attempts: int,
+        ack_wait_s: float,
+        release: Callable[[], None],
     ) -> None:
         if events.attempt > max_attempts:
             log.error("job failed %d attempts; recording internal_error", max_attempts)
             reason = f"gave up after {max_attempts} attempts: the workers running it failed"
             await events.finished(platform_failure(reason))
-            await msg.ack_sync()
+            await msg.ack()
             return
-        if await self._cancel_requested(js, job.job_id):
+        if cancel_requested:
             await events.finished(cancelled("cancelled before it started"))
-            await msg.ack_sync()
+            await msg.ack()
             log.info("job cancelled before it started")
             return
         progress = asyncio.create_task(self._keep_alive(msg, ack_wait_s))
         try:
             started_at = utc_now()
-            await events.started()
+            events.started()  # stored while the sandbox starts; `finished` waits for it
             log.info("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
+            release()
             await events.finished(result)
             metrics.record_finished(job, result)
-            await msg.ack_sync()  # only now: the result is stored
+            # Only now: the result is stored. Not waited for: an ack that is lost brings the
+            # job back, and the next delivery finds its result stored and acks it.
+            await msg.ack()
             log.info("job finished", extra={"verdict": result.verdict.value})
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the job back for another worker at once.
+            events.abandon()
             with suppress(Exception):
                 await msg.nak()
             raise
@@ -260,9 +357,7 @@ class Worker:
             # Without the bus there is nobody to tell; redelivery after ack_wait retries it.
             log.exception("could not publish the job's events")
         except SupersededError:
-            # The job was redelivered while this attempt was cut off, and the newer attempt
-            # owns it now: stop without a word (no ack, no nak), so as to add no result.
-            log.warning("another attempt of this job took over; this one stops")
+            raise  # _process knows whether to read the history and try again
         except Exception:
             log.exception("the platform failed while running the job; handing it back")
             with suppress(Exception):
@@ -279,6 +374,10 @@ class Worker:
         if run is not None:
             self._cancelled.add(job_id)
             run.cancel()  # the sandbox kills the job's processes as the run unwinds
+        elif job_id in self._claimed:
+            # Fetched, not started: its KV check may have been read before the request was
+            # written. Kept here, it stops the job before the sandbox starts.
+            self._cancelled.add(job_id)
 
     async def _cancel_requested(self, js: JetStreamContext, job_id: str) -> bool:
         """True when the job was cancelled while it waited in the queue."""
@@ -303,7 +402,6 @@ class Worker:
             raise  # a shutdown, not a cancel request: the job goes back to the queue
         finally:
             self._running.pop(job.job_id, None)
-            self._cancelled.discard(job.job_id)
 
     async def _keep_alive(self, msg: Msg, ack_wait_s: float) -> None:
         while True:

@@ -1,0 +1,161 @@
+"""A real worker (bubblewrap sandbox, real nats-server) on the cases its shortcuts must get
+right: a first delivery reads no history, unless the server lost count of deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.js import JetStreamContext
+
+from bus import (
+    CancelRequest,
+    FinishedEvent,
+    JobMessage,
+    JobResult,
+    OutputEvent,
+    StartedEvent,
+    Verdict,
+    publish_model,
+    utc_now,
+)
+from bus import subjects as s
+from sandbox import create_sandbox
+from tests.stack import NatsServer
+from tests.workers.bus_helpers import (
+    as_service,
+    connected,
+    ensure_layout,
+    new_job,
+    stored_events,
+)
+from workers.settings import WorkerSettings
+from workers.worker import Worker
+
+_SETTLE_S = 30.0
+
+
+@pytest.fixture
+async def worker(nats_server: NatsServer) -> AsyncIterator[Worker]:
+    await ensure_layout(nats_server)
+    settings = WorkerSettings(
+        worker_id="test-worker", concurrency=2, fetch_wait_s=0.2, shutdown_grace_s=5
+    )
+    service = Worker(settings, as_service(nats_server, "worker"), create_sandbox("bwrap"))
+    running = asyncio.create_task(service.run())
+    yield service
+    service.stop()
+    await asyncio.wait_for(running, 30)
+
+
+async def enqueue(server: NatsServer, *jobs: JobMessage) -> None:
+    async with connected(server, "gateway") as nc:
+        for job in jobs:
+            await publish_model(nc.jetstream(), s.job_subject(job.tenant), job, msg_id=job.job_id)
+
+
+async def queue_empty(js: JetStreamContext) -> bool:
+    return (await js.stream_info(s.JOBS_STREAM)).state.messages == 0
+
+
+async def settle(server: NatsServer, job: JobMessage, finished: int = 1) -> None:
+    """Wait until `job` has `finished` results stored and the queue holds nothing."""
+    async with connected(server, "gateway") as nc:
+        js = nc.jetstream()
+        deadline = asyncio.get_running_loop().time() + _SETTLE_S
+        while asyncio.get_running_loop().time() < deadline:
+            done = [e for e in await stored_events(server, job) if e.type == "finished"]
+            if len(done) >= finished and await queue_empty(js):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{job.job_id} did not settle in {_SETTLE_S} s")
+
+
+async def store_as_earlier_worker(
+    server: NatsServer, job: JobMessage, *events: StartedEvent | FinishedEvent
+) -> None:
+    """Events an earlier delivery stored, before the server lost count of it."""
+    async with connected(server, "worker") as nc:
+        for event in events:
+            await publish_model(
+                nc.jetstream(),
+                s.events_subject(job.run_id, job.job_id),
+                event,
+                msg_id=event.dedup_key,
+                extra_headers={s.EVENT_TYPE_HEADER: event.type},
+            )
+
+
+def ids(job: JobMessage, attempt: int, seq: int) -> dict[str, object]:
+    return {"job_id": job.job_id, "run_id": job.run_id, "attempt": attempt, "seq": seq}
+
+
+async def test_first_deliveries_run_once_each(worker: Worker, nats_server: NatsServer) -> None:
+    jobs = [new_job(f"print({i})") for i in range(6)]
+    await enqueue(nats_server, *jobs)
+    for index, job in enumerate(jobs):
+        await settle(nats_server, job)
+        stored = await stored_events(nats_server, job)
+        assert {e.attempt for e in stored} == {1}
+        assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+        assert (stored[0].type, stored[-1].type) == ("started", "finished")
+        output = [e for e in stored[1:-1] if isinstance(e, OutputEvent)]
+        assert len(output) == len(stored) - 2
+        assert "".join(e.data for e in output) == f"{index}\n"
+        assert isinstance(stored[-1], FinishedEvent)
+        assert stored[-1].result.verdict is Verdict.ACCEPTED
+
+
+async def test_a_first_delivery_of_a_finished_job_only_acks_it(
+    worker: Worker, nats_server: NatsServer
+) -> None:
+    job = new_job("print('ran again')")
+    result = JobResult(verdict=Verdict.ACCEPTED, stdout="first\n", finished_at=utc_now())
+    await store_as_earlier_worker(
+        nats_server,
+        job,
+        StartedEvent(worker="gone", **ids(job, 1, 1)),  # type: ignore[arg-type]
+        FinishedEvent(worker="gone", result=result, **ids(job, 1, 2)),  # type: ignore[arg-type]
+    )
+    await enqueue(nats_server, job)  # delivered as a first delivery
+    await settle(nats_server, job)
+    stored = await stored_events(nats_server, job)
+    assert [(e.attempt, e.type) for e in stored] == [(1, "started"), (1, "finished")]
+
+
+async def test_a_first_delivery_after_a_started_attempt_runs_as_the_next_attempt(
+    worker: Worker, nats_server: NatsServer
+) -> None:
+    job = new_job("print('second')")
+    await store_as_earlier_worker(
+        nats_server,
+        job,
+        StartedEvent(worker="gone", **ids(job, 1, 1)),  # type: ignore[arg-type]
+    )
+    await enqueue(nats_server, job)
+    await settle(nats_server, job)
+    stored = await stored_events(nats_server, job)
+    assert [(e.attempt, e.seq, e.type) for e in stored[:2]] == [
+        (1, 1, "started"),
+        (2, 1, "started"),
+    ]
+    assert {e.attempt for e in stored[1:]} == {2}
+    assert "".join(e.data for e in stored if isinstance(e, OutputEvent)) == "second\n"
+    assert isinstance(stored[-1], FinishedEvent)
+    assert stored[-1].result.verdict is Verdict.ACCEPTED
+
+
+async def test_a_job_cancelled_while_queued_never_starts(
+    worker: Worker, nats_server: NatsServer
+) -> None:
+    job = new_job("print('must not run')")
+    async with connected(nats_server, "gateway") as nc:
+        kv = await nc.jetstream().key_value(s.CANCELS_BUCKET)
+        await kv.put(job.job_id, CancelRequest(job_id=job.job_id).model_dump_json().encode())
+    await enqueue(nats_server, job)
+    await settle(nats_server, job)
+    stored = await stored_events(nats_server, job)
+    assert [e.type for e in stored] == ["finished"]
+    assert isinstance(stored[0], FinishedEvent)
+    assert stored[0].result.reason == "cancelled before it started"
