@@ -1,6 +1,7 @@
 """The pipeline around the sandbox, each against a baseline measured in the same run.
 
     .venv/bin/python -m bench.pipeline [--rounds 3] [--samples 30] [--jobs 2000] [--clients 1000]
+                                       [--only e2e|accept|fanout]
 
 1. `print(1)` end to end (POST /v1/jobs -> SSE `finished`), p50, against one bare
    `/usr/bin/python3 -I -c 'print(1)'` spawn, p50.
@@ -157,6 +158,42 @@ def gateway_rss_mib(stack: Stack) -> float:
     )
 
 
+PARTS = ("e2e", "accept", "fanout")
+
+
+def print_one(stack: Stack, options: argparse.Namespace) -> None:
+    spawn = statistics.median(bare_spawn_p50(options.samples) for _ in range(options.rounds))
+    e2e = statistics.median(end_to_end_p50(stack, options.samples) for _ in range(options.rounds))
+    print(
+        f"print(1) end to end p50: {e2e * 1000:.1f} ms; bare python3 spawn p50: "
+        f"{spawn * 1000:.1f} ms; ratio {e2e / spawn:.2f}x (goal <= 1.0x)",
+        flush=True,
+    )
+
+
+def accept(stack: Stack, options: argparse.Namespace) -> None:
+    payload = json.dumps({"job_id": "j-" + "0" * 32, "spec": PRINT_ONE}).encode()
+    ours = statistics.median(accept_rate(stack, options.jobs) for _ in range(options.rounds))
+    raw = statistics.median(
+        asyncio.run(raw_publish_rate(options.jobs, payload)) for _ in range(options.rounds)
+    )
+    print(
+        f"POST /v1/runs: {ours:,.0f} jobs/s accepted; raw nats-py publishes: {raw:,.0f}/s; "
+        f"ratio {ours / raw:.2f}x (goal >= 0.5x)",
+        flush=True,
+    )
+
+
+def sse_clients(stack: Stack, options: argparse.Namespace) -> None:
+    p99, rss, complete = asyncio.run(fan_out(stack, options.clients))
+    print(
+        f"{options.clients} SSE clients on one gateway: p99 delivery {p99 * 1000:.0f} ms "
+        f"(goal < 250 ms), gateway RSS {rss:.0f} MiB (goal < 300 MiB), "
+        f"{complete}/{options.clients} clients got the whole output",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -164,6 +201,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=PARTS, help="run only this part")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder:
         # Rate limits off: a thousand clients opening streams at once is the point here.
@@ -173,36 +211,9 @@ def main() -> None:
         }
         stack = start_stack(Path(folder), workers=options.workers, env=unlimited)
         try:
-            spawn = statistics.median(
-                bare_spawn_p50(options.samples) for _ in range(options.rounds)
-            )
-            e2e = statistics.median(
-                end_to_end_p50(stack, options.samples) for _ in range(options.rounds)
-            )
-            print(
-                f"print(1) end to end p50: {e2e * 1000:.1f} ms; bare python3 spawn p50: "
-                f"{spawn * 1000:.1f} ms; ratio {e2e / spawn:.2f}x (goal <= 1.0x)",
-                flush=True,
-            )
-            payload = json.dumps({"job_id": "j-" + "0" * 32, "spec": PRINT_ONE}).encode()
-            ours = statistics.median(
-                accept_rate(stack, options.jobs) for _ in range(options.rounds)
-            )
-            raw = statistics.median(
-                asyncio.run(raw_publish_rate(options.jobs, payload)) for _ in range(options.rounds)
-            )
-            print(
-                f"POST /v1/runs: {ours:,.0f} jobs/s accepted; raw nats-py publishes: {raw:,.0f}/s; "
-                f"ratio {ours / raw:.2f}x (goal >= 0.5x)",
-                flush=True,
-            )
-            p99, rss, complete = asyncio.run(fan_out(stack, options.clients))
-            print(
-                f"{options.clients} SSE clients on one gateway: p99 delivery {p99 * 1000:.0f} ms "
-                f"(goal < 250 ms), gateway RSS {rss:.0f} MiB (goal < 300 MiB), "
-                f"{complete}/{options.clients} clients got the whole output",
-                flush=True,
-            )
+            for part, run in zip(PARTS, (print_one, accept, sse_clients), strict=True):
+                if options.only in (None, part):
+                    run(stack, options)
         finally:
             stack.stop()
 
