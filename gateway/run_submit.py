@@ -54,6 +54,7 @@ _MAX_PAGE_BYTES = 1024 * 1024
 _RECORD_BYTES = 200  # a record page entry beyond its metadata, generously
 # Jobs traced, recorded and enqueued at a time: one window of pipelined publishes.
 _WINDOW_JOBS = 1000
+_WINDOWS_UNDER_WAY = 2
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def prepare_jobs(
 
 def chunk_of(index: int, jobs: PreparedJobs) -> RunChunk:
     members = [
-        RunMember.model_construct(job_id=job_id, task_id=_task_id(spec))
+        RunMember(job_id=job_id, task_id=_task_id(spec))
         for job_id, spec in zip(jobs.job_ids, jobs.specs, strict=True)
     ]
     return RunChunk(run_id=jobs.run_id, index=index, jobs=members)
@@ -126,7 +127,7 @@ def _record_page(jobs: PreparedJobs, page: Page, trace_ids: dict[int, str | None
         tenant=jobs.tenant,
         submitted_at=jobs.submitted_at,
         jobs=[
-            PagedRecord.model_construct(
+            PagedRecord(
                 language=jobs.specs[i].language,
                 trace_id=trace_ids[i],
                 metadata=jobs.specs[i].metadata,
@@ -172,16 +173,36 @@ def _windows(jobs: PreparedJobs) -> Iterator[list[Page]]:
     yield window
 
 
+async def _enqueue_window(
+    bus: GatewayBus, jobs: PreparedJobs, pages: list[Page], stored: list[Outgoing]
+) -> None:
+    """Trace one window's jobs, store their record pages, then enqueue them."""
+    positions = range(pages[0].positions.start, pages[-1].positions.stop)
+    job_ids = jobs.job_ids[positions.start : positions.stop]
+    with job_traces(jobs.tenant, jobs.run_id, job_ids) as spans:
+        trace_ids = {i: span_trace_id(span) for i, span in zip(positions, spans, strict=True)}
+        records = [_record_page(jobs, page, trace_ids) for page in pages]
+        stored.extend(records)
+        await publish_all(bus.js, records)
+        payloads = _Payloads(jobs)
+        subject = s.job_subject(jobs.tenant)
+        queued = [
+            Outgoing(subject, payloads.payload(job_id, jobs.specs[i]), job_id, span_headers(span))
+            for i, job_id, span in zip(positions, job_ids, spans, strict=True)
+        ]
+        await publish_all(bus.js, queued)
+
+
 async def enqueue(bus: GatewayBus, chunk: RunChunk, jobs: PreparedJobs) -> None:
     """Store the job list, then, a window of jobs at a time, their record pages and then the
     jobs themselves; undo it all on failure.
 
-    Each job's trace spans its own window's publishes, and only one window's spans and
-    messages are alive at once (the garbage collector's full passes grow with what is).
+    Each job's trace spans its own window's publishes. Two windows are under way at once, so
+    that one is prepared while NATS stores the other; no more, as the garbage collector's
+    full passes grow with what is alive.
     """
     stored: list[Outgoing] = []  # record pages, to take back
-    payloads = _Payloads(jobs)
-    subject = s.job_subject(jobs.tenant)
+    windows: list[asyncio.Task[None]] = []
     with tracer.start_as_current_span(
         f"publish {s.JOBS_STREAM}",
         kind=SpanKind.PRODUCER,
@@ -195,26 +216,15 @@ async def enqueue(bus: GatewayBus, chunk: RunChunk, jobs: PreparedJobs) -> None:
         try:
             await bus.runs.put_chunk(jobs.tenant, chunk)
             for pages in _windows(jobs):
-                positions = range(pages[0].positions.start, pages[-1].positions.stop)
-                job_ids = jobs.job_ids[positions.start : positions.stop]
-                with job_traces(jobs.tenant, jobs.run_id, job_ids) as spans:
-                    trace_ids = {
-                        i: span_trace_id(span) for i, span in zip(positions, spans, strict=True)
-                    }
-                    records = [_record_page(jobs, page, trace_ids) for page in pages]
-                    stored.extend(records)
-                    await publish_all(bus.js, records)
-                    queued = [
-                        Outgoing(
-                            subject,
-                            payloads.payload(job_id, jobs.specs[i]),
-                            job_id,
-                            span_headers(span),
-                        )
-                        for i, job_id, span in zip(positions, job_ids, spans, strict=True)
-                    ]
-                    await publish_all(bus.js, queued)
+                if len(windows) >= _WINDOWS_UNDER_WAY:
+                    await windows[-_WINDOWS_UNDER_WAY]
+                windows.append(asyncio.create_task(_enqueue_window(bus, jobs, pages, stored)))
+                await asyncio.sleep(0)  # let it send before preparing the next
+            await asyncio.gather(*windows)
         except BusUnavailableError:
+            for window in windows:
+                window.cancel()
+            await asyncio.gather(*windows, return_exceptions=True)  # none writes any more
             await asyncio.shield(_forget(bus, jobs.tenant, chunk, stored))
             raise
 
