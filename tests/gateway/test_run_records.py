@@ -10,6 +10,7 @@ import pytest
 
 from bus import JobMessage, JobSpec, connect, new_job_id, page_of, paged_job_id, utc_now
 from bus import subjects as s
+from gateway.run_schemas import MAX_JOBS_PER_REQUEST
 from gateway.run_submit import RECORDS_PER_PAGE, PreparedJobs, _Payloads, prepare_jobs
 from gateway.settings import GatewaySettings
 from tests.stack import Stack, running_stack
@@ -122,3 +123,26 @@ async def test_a_run_refused_part_way_leaves_nothing_visible(small_queue_stack: 
         assert "nothing was stored" in refused.json()["detail"]
         assert (await client.get("/v1/runs")).json()["runs"] == runs_before
     assert await live_record_keys(stack) == []  # every record page taken back
+
+
+@pytest.fixture(scope="module")
+def idle_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own, stopped with its queue full rather than drained."""
+    with running_stack(tmp_path_factory.mktemp("idle"), workers=1) as stack:
+        yield stack
+
+
+def test_a_run_of_the_largest_size_is_accepted_and_found(idle_stack: Stack) -> None:
+    stack, jobs = idle_stack, MAX_JOBS_PER_REQUEST
+    body = {"jobs": [{**OK, "metadata": {"task_id": f"t/{i % 100}"}} for i in range(jobs)]}
+    with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=120) as client:
+        response = client.post("/v1/runs", json=body)
+        assert response.status_code == 202, response.text
+        run = response.json()
+        assert run["total_jobs"] == jobs and len(set(run["job_ids"])) == jobs
+        assert len({page_id(job_id) for job_id in run["job_ids"]}) == jobs // RECORDS_PER_PAGE
+        last = client.get(f"/v1/jobs/{run['job_ids'][-1]}").json()
+        assert last["metadata"] == {"task_id": f"t/{(jobs - 1) % 100}"}
+        view = client.get(f"/v1/runs/{run['id']}").json()
+        assert view["total_jobs"] == jobs
+        assert sum(view["counts"].values()) == jobs
