@@ -8,7 +8,7 @@ Errors::
 
 from bus.connection import MAX_PAYLOAD_BYTES, NatsSettings, connect
 from bus.errors import BusError, BusUnavailableError, QueueFullError, SupersededError
-from bus.ids import is_valid_id, new_job_id, new_run_id
+from bus.ids import is_valid_id, new_job_id, new_run_id, page_of, paged_job_id
 from bus.messaging import decode_event, message_context, publish_model
 from bus.models import (
     JOB_EVENT,
@@ -34,7 +34,7 @@ from bus.models import (
 )
 from bus.permissions import SERVICE_PERMISSIONS, Permissions
 from bus.pipeline import Outgoing, kv_purge, publish_all
-from bus.runs import RunChunk, RunMember, RunRecord
+from bus.runs import PagedRecord, RecordPage, RunChunk, RunMember, RunRecord
 from bus.streams import MAX_ATTEMPTS_METADATA, StreamSettings, ensure_streams
 
 __all__ = [
@@ -58,8 +58,10 @@ __all__ = [
     "NatsSettings",
     "Outgoing",
     "OutputEvent",
+    "PagedRecord",
     "Permissions",
     "QueueFullError",
+    "RecordPage",
     "RunChunk",
     "RunMember",
     "RunRecord",
@@ -79,6 +81,8 @@ __all__ = [
     "message_context",
     "new_job_id",
     "new_run_id",
+    "page_of",
+    "paged_job_id",
     "publish_all",
     "publish_model",
     "utc_now",

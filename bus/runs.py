@@ -10,6 +10,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, JsonValue
 
+from bus.ids import paged_job_id
+from bus.models import JobRecord
+
 
 class RunRecord(BaseModel):
     """Who owns a run, when it began, and how many jobs and chunks it has so far."""
@@ -39,3 +42,37 @@ class RunChunk(BaseModel):
     run_id: str
     index: int = Field(ge=0)
     jobs: list[RunMember]
+
+
+class PagedRecord(BaseModel):
+    """What a record page keeps of one job beyond what all its jobs share."""
+
+    language: str
+    trace_id: str | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RecordPage(BaseModel):
+    """The records of consecutive jobs of one submission, as one value in the `jobs` bucket
+    under the page's id: one write per page instead of one per job. The job at `jobs[i]` has
+    the id `paged_job_id(page_id, i)`."""
+
+    run_id: str
+    tenant: str
+    submitted_at: datetime
+    jobs: list[PagedRecord]
+
+    def record(self, page_id: str, index: int) -> JobRecord | None:
+        """The record of the job at `index`, or None when the page has no such job."""
+        if not 0 <= index < len(self.jobs):
+            return None
+        job = self.jobs[index]
+        return JobRecord(
+            job_id=paged_job_id(page_id, index),
+            run_id=self.run_id,
+            tenant=self.tenant,
+            language=job.language,
+            submitted_at=self.submitted_at,
+            trace_id=job.trace_id,
+            metadata=job.metadata,
+        )

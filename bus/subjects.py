@@ -7,7 +7,7 @@
 | crucible.cancel.<job>          | -        | gateway -> workers (core NATS)           |
 | crucible.workers.<worker>      | -        | workers -> gateway (heartbeats)          |
 | crucible.audit.<tenant>        | AUDIT    | gateway                                  |
-| $KV.jobs.<job>                 | KV_jobs  | gateway (job records: tenant, run)       |
+| $KV.jobs.<job or page>         | KV_jobs  | gateway (job records: tenant, run)       |
 | $KV.runs.<tenant>.<run>[.<n>]  | KV_runs  | gateway (run records, job lists)         |
 
 Event headers (so that a reader can count verdicts without fetching bodies): every event
@@ -58,7 +58,8 @@ def run_events_subject(run_id: str) -> str:
 
 
 def job_record_subject(job_id: str) -> str:
-    """The `jobs` bucket's subject for one job record (KV puts are JetStream publishes)."""
+    """The `jobs` bucket's subject for one job record, or a page of a run's job records, by
+    the job's or page's id (KV puts are JetStream publishes)."""
     return f"$KV.{JOBS_BUCKET}.{job_id}"
 
 

@@ -30,11 +30,13 @@ from bus import (
     decode_event,
     ensure_streams,
     message_context,
+    page_of,
     publish_model,
 )
 from bus import subjects as s
 from gateway.idempotency import IdempotencyKeys
 from gateway.live_tail import LiveTails
+from gateway.record_pages import RecordPages
 from gateway.run_store import RunStore
 from gateway.workers_registry import WorkerRegistry
 
@@ -69,6 +71,7 @@ class GatewayBus:
         self._nc = nc
         self._js = js
         self._kv = kv
+        self._pages = RecordPages(kv)
         self.registry = registry
         self.runs = runs
         self._cancels = cancels
@@ -181,6 +184,9 @@ class GatewayBus:
 
     async def record(self, job_id: str) -> JobRecord | None:
         """The job's record, or None when there is no such job."""
+        paged = page_of(job_id)
+        if paged is not None:  # a run's job
+            return await self._pages.record(*paged)
         try:
             entry = await self._kv.get(job_id)
         except KeyNotFoundError:

@@ -10,7 +10,6 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, format_trace_id
 
-from bus import JobMessage
 from bus import subjects as s
 from observability import inject_headers
 
@@ -18,10 +17,11 @@ tracer = trace.get_tracer(__name__)
 
 
 @contextmanager
-def job_traces(messages: list[JobMessage]) -> Iterator[list[Span]]:
+def job_traces(tenant: str, run_id: str, job_ids: list[str]) -> Iterator[list[Span]]:
     """A producer span per job, each the root of a new trace linked to the current span."""
     batch = trace.get_current_span().get_span_context()
     links = [Link(batch)] if batch.is_valid else []
+    subject = s.job_subject(tenant)
     spans = [
         tracer.start_span(
             f"publish {s.JOBS_STREAM}",
@@ -31,13 +31,13 @@ def job_traces(messages: list[JobMessage]) -> Iterator[list[Span]]:
             attributes={
                 "messaging.system": "nats",
                 "messaging.operation.type": "publish",
-                "messaging.destination.name": s.job_subject(message.tenant),
-                "messaging.message.id": message.job_id,
-                "crucible.job_id": message.job_id,
-                "crucible.run_id": message.run_id,
+                "messaging.destination.name": subject,
+                "messaging.message.id": job_id,
+                "crucible.job_id": job_id,
+                "crucible.run_id": run_id,
             },
         )
-        for message in messages
+        for job_id in job_ids
     ]
     try:
         yield spans

@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse
 from bus import (
     BusUnavailableError,
     JobRecord,
+    RunChunk,
     RunMember,
     RunRecord,
     is_valid_id,
@@ -28,7 +29,7 @@ from gateway.passk import DEFAULT_KS
 from gateway.run_schemas import RunAccepted, RunCancelled, RunList, RunSubmission, RunView
 from gateway.run_sse import run_event_stream
 from gateway.run_status import RunLinks, run_links, run_summary, run_view
-from gateway.run_submit import PreparedJobs, chunk_of, enqueue, prepare_jobs
+from gateway.run_submit import chunk_of, enqueue, prepare_jobs
 from gateway.schemas import JobView
 from gateway.security import (
     BusDep,
@@ -71,10 +72,10 @@ async def _owned_run(bus: GatewayBus, run_id: str, tenant: str) -> RunRecord:
     return found[0]
 
 
-def _accepted(links: RunLinks, record: RunRecord, jobs: PreparedJobs) -> RunAccepted:
+def _accepted(links: RunLinks, record: RunRecord, chunk: RunChunk) -> RunAccepted:
     return RunAccepted(
         id=record.run_id,
-        job_ids=jobs.job_ids,
+        job_ids=[member.job_id for member in chunk.jobs],
         total_jobs=record.total_jobs,
         url=links.url,
         events_url=links.events_url,
@@ -96,25 +97,26 @@ async def submit_run(
     facts = audit_facts(request)
     facts.run_id, facts.jobs = run_id, len(body.jobs)
     jobs = prepare_jobs(body.jobs, run_id, caller.tenant, settings)
-    await bus.check_room(caller.tenant, len(jobs.records))
+    await bus.check_room(caller.tenant, len(jobs.specs))
     record = RunRecord(
         run_id=run_id,
         tenant=caller.tenant,
         created_at=utc_now(),
         metadata=body.metadata,
-        total_jobs=len(jobs.records),
+        total_jobs=len(jobs.specs),
         chunks=1,
         trace_id=current_trace_id(),
         events_after_seq=await bus.events_last_seq(),
     )
     await bus.runs.create(record)
+    chunk = chunk_of(0, jobs)
     try:
-        await enqueue(bus, caller.tenant, chunk_of(run_id, 0, jobs), jobs)
-        metrics.JOBS_SUBMITTED.labels("run").inc(len(jobs.records))
+        await enqueue(bus, chunk, jobs)
+        metrics.JOBS_SUBMITTED.labels("run").inc(len(chunk.jobs))
     except BusUnavailableError:
         await asyncio.shield(bus.runs.delete(caller.tenant, run_id))
         raise
-    return _accepted(run_links(str(request.base_url), tokens, record), record, jobs)
+    return _accepted(run_links(str(request.base_url), tokens, record), record, chunk)
 
 
 @router.post("/{run_id}/jobs", status_code=status.HTTP_202_ACCEPTED)
@@ -131,17 +133,18 @@ async def append_jobs(
     audit_facts(request).jobs = len(body.jobs)
     await _owned_run(bus, run_id, caller.tenant)
     jobs = prepare_jobs(body.jobs, run_id, caller.tenant, settings)
-    await bus.check_room(caller.tenant, len(jobs.records))
-    record = await bus.runs.reserve_chunk(caller.tenant, run_id, len(jobs.records))
+    await bus.check_room(caller.tenant, len(jobs.specs))
+    record = await bus.runs.reserve_chunk(caller.tenant, run_id, len(jobs.specs))
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+    chunk = chunk_of(record.chunks - 1, jobs)
     try:
-        await enqueue(bus, caller.tenant, chunk_of(run_id, record.chunks - 1, jobs), jobs)
-        metrics.JOBS_SUBMITTED.labels("run").inc(len(jobs.records))
+        await enqueue(bus, chunk, jobs)
+        metrics.JOBS_SUBMITTED.labels("run").inc(len(chunk.jobs))
     except BusUnavailableError:
-        await asyncio.shield(bus.runs.release_chunk(caller.tenant, run_id, len(jobs.records)))
+        await asyncio.shield(bus.runs.release_chunk(caller.tenant, run_id, len(chunk.jobs)))
         raise
-    return _accepted(run_links(str(request.base_url), tokens, record), record, jobs)
+    return _accepted(run_links(str(request.base_url), tokens, record), record, chunk)
 
 
 @router.get("")
