@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from bus import (
     BusUnavailableError,
@@ -30,6 +29,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.console import install_console
 from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
+from gateway.event_stream import EventStreamResponse, install_server_send
 from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
 from gateway.rate_limit import RateLimiter
@@ -84,6 +84,7 @@ def create_app(
     )
     app.add_middleware(AuditMiddleware)  # outermost of ours: sees the body limit's 413s too
     instrument_app(app)
+    install_server_send(app)  # after the tracing layer: outside it
     app.include_router(runs_router, responses=ERROR_RESPONSES)
     app.include_router(metrics.router)
     install_console(app)
@@ -207,7 +208,7 @@ def create_app(
         token: Annotated[str | None, Query(description="the token from events_url")] = None,
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
         last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
-    ) -> EventSourceResponse:
+    ) -> EventStreamResponse:
         """SSE: queued, started, stdout/stderr chunks, finished. Resumable."""
         caller = stream_principal(request, f"job:{job_id}", token, authorization)
         record = await owned_job(bus, job_id, caller.tenant)
@@ -217,7 +218,7 @@ def create_app(
         def finished_view(stored: StoredEvent) -> JobView:
             return job_view(record, stored, stream_links)
 
-        return EventSourceResponse(
+        return EventStreamResponse(
             metrics.counted("job", job_event_stream(bus, record, after, finished_view)),
             ping=int(settings.sse_ping_s),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

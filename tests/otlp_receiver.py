@@ -36,6 +36,7 @@ class ReceivedSpan:
     attributes: dict[str, Any] = field(default_factory=dict)
     links: list[tuple[str, str]] = field(default_factory=list)  # (trace_id, span_id)
     events: list[str] = field(default_factory=list)  # span event names
+    duration_s: float = 0.0
 
 
 def _value(value: AnyValue) -> Any:
@@ -62,6 +63,7 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
                         attributes={a.key: _value(a.value) for a in span.attributes},
                         links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                         events=[event.name for event in span.events],
+                        duration_s=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
                     )
                 )
     return spans

@@ -83,6 +83,36 @@ asyncio.run(call())
 shutdown_tracing()
 """
 
+# The gateway's layering for an event stream: tracing, then the server's send outside it.
+EVENT_STREAM_PROGRAM = """
+import asyncio
+import httpx
+from fastapi import FastAPI
+from gateway.event_stream import EventStreamResponse, install_server_send
+from observability import instrument_app, setup_tracing, shutdown_tracing
+setup_tracing("crucible-gateway")
+app = FastAPI()
+
+async def frames():
+    for i in range(3):
+        await asyncio.sleep(0.2)
+        yield f"id: {i}\\r\\n\\r\\n".encode()
+
+@app.get("/jobs/{job_id}/events", response_model=None)
+async def events(job_id: str) -> EventStreamResponse:
+    return EventStreamResponse(frames())
+
+instrument_app(app)
+install_server_send(app)
+async def call() -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        print((await http.get("/jobs/j1/events")).content.count(b"id: "))
+
+asyncio.run(call())
+shutdown_tracing()
+"""
+
 
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
@@ -241,6 +271,21 @@ def test_fastapi_server_spans_join_the_callers_trace_but_skip_probes(
     assert server.trace_id == handler_trace_id
     assert server.service_name == "crucible-gateway"
     assert not [span for span in spans if "healthz" in span.name]
+
+
+def test_an_event_stream_is_one_server_span_that_ends_with_the_stream(
+    receiver: OtlpReceiver,
+) -> None:
+    assert run_child(EVENT_STREAM_PROGRAM, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint) == ["3"]
+    spans = receiver.wait_for(lambda s: len(s) >= 1, timeout_s=ARRIVAL_TIMEOUT_S)
+    # No span per frame: the request's is the only one.
+    [server] = spans
+    assert (server.name, server.kind) == ("GET /jobs/{job_id}/events", "SPAN_KIND_SERVER")
+    assert 200 in (
+        server.attributes.get("http.status_code"),
+        server.attributes.get("http.response.status_code"),
+    )
+    assert server.duration_s >= 0.6  # three frames 0.2 s apart: it ended after the last
 
 
 def test_context_survives_the_header_round_trip() -> None:
