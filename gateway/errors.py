@@ -5,6 +5,7 @@ Both say that nothing was stored and when to retry (`Retry-After`), so clients c
 
 from typing import Any
 
+import nats.errors
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -32,8 +33,21 @@ async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# NATS failing a read (a timeout under load, a lost connection) where no code of ours names
+# it: the bus is unavailable to this request, which is a 503 to retry, not a 500.
+NATS_UNAVAILABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BusUnavailableError, _bus_unavailable)
+    for error in NATS_UNAVAILABLE:
+        app.add_exception_handler(error, _bus_unavailable)
     app.add_exception_handler(QueueFullError, _queue_full)
 
 
