@@ -289,6 +289,11 @@ class BwrapSandbox:
         if self._fork_server is not None:
             await self._fork_server.close()
 
+    async def settle(self) -> None:
+        """Until the cgroups of the jobs that ended are removed (the fork server's go later)."""
+        if self._fork_server is not None:
+            await self._fork_server.settle()
+
     def runtimes(self) -> list[RuntimeInfo]:
         return [
             RuntimeInfo(language=r.language, version=r.version())

@@ -40,6 +40,7 @@ class ForkServer:
         self._ready: list[Ready] = []  # inits waiting for their job
         self._refill: asyncio.Task[None] | None = None
         self._usable = True  # False once it could not start here, or after close()
+        self._removing: set[asyncio.Future[None]] = set()  # cgroups of ended jobs, going
 
     @property
     def alive(self) -> bool:
@@ -69,6 +70,7 @@ class ForkServer:
         if self._zygote is not None:
             await asyncio.to_thread(self._zygote.stop)
             self._zygote = None
+        await self.settle()
 
     async def _running(self) -> Zygote | None:
         """The live fork server, started on first use; None when it cannot run here."""
@@ -111,7 +113,18 @@ class ForkServer:
                 await cgroup.kill()
             else:
                 process.close()
-            cgroup.remove()
+            # Off the job's way: removing a memory cgroup whose namespaces the kernel is still
+            # tearing down takes milliseconds. Its processes are all gone by now.
+            self._remove_later(cgroup)
+
+    def _remove_later(self, cgroup: JobCgroup) -> None:
+        removing = asyncio.get_running_loop().run_in_executor(None, _remove, cgroup)
+        self._removing.add(removing)
+        removing.add_done_callback(self._removing.discard)
+
+    async def settle(self) -> None:
+        """Until the cgroups of the jobs that ended are removed."""
+        await asyncio.gather(*self._removing)
 
     async def _take_ready(self, zygote: Zygote) -> Ready:
         """An init built ahead of its job if one waits, else a new one; then refill."""
@@ -145,6 +158,13 @@ async def _prepare(zygote: Zygote) -> Ready:
         await cgroup.kill()
         cgroup.remove()
         raise
+
+
+def _remove(cgroup: JobCgroup) -> None:
+    try:
+        cgroup.remove()
+    except OSError:
+        log.exception("could not remove a job's cgroup")
 
 
 def _abandon(zygote: Zygote, ready: list[Ready]) -> None:

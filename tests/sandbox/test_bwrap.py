@@ -26,7 +26,11 @@ async def run(code: str, chunks: list[OutputChunk] | None = None, **fields: Any)
             chunks.append(chunk)
 
     spec = ExecSpec(job_id="j-test", language="python", code=code, limits=limits, **fields)
-    return await create_sandbox("bwrap").run(spec, collect)
+    sandbox = create_sandbox("bwrap")
+    try:
+        return await sandbox.run(spec, collect)
+    finally:
+        await sandbox.close()  # and the fork server's job cgroups are removed by then
 
 
 def job_cgroups() -> list[str]:
@@ -312,6 +316,7 @@ async def test_a_job_cancelled_as_it_starts_is_killed(fork_server: bool) -> None
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
+            await sandbox.settle()
             assert job_cgroups() == []
     finally:
         await sandbox.close()
