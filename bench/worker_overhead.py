@@ -138,12 +138,13 @@ class Bench:
             if headers.get(s.EVENT_TYPE_HEADER) == "finished":
                 seen = utc_now()
                 event = decode_event(getattr(msg, "data", b""))
-                assert isinstance(event, FinishedEvent) and event.result.started_at is not None
-                result = event.result
+                assert isinstance(event, FinishedEvent)
+                started, ended = event.result.started_at, event.result.finished_at
+                assert started is not None and ended is not None
                 self.phases[event.job_id] = (
-                    (result.started_at - self.submitted[event.job_id]).total_seconds(),
-                    (result.finished_at - result.started_at).total_seconds(),
-                    (seen - result.finished_at).total_seconds(),
+                    (started - self.submitted[event.job_id]).total_seconds(),
+                    (ended - started).total_seconds(),
+                    (seen - ended).total_seconds(),
                 )
                 self.finished.setdefault(event.job_id, asyncio.Event()).set()
 

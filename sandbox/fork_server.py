@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _READY_INITS = 2  # inits built ahead of their jobs: jobs start without waiting for one
 _ABANDON_WAIT_S = 2.0
+_DEATH_WAIT_S = 1.0
 _ABANDON_POLL_S = 0.01
 
 Ready = tuple[JobCgroup, ReadyInit]
@@ -101,6 +102,10 @@ class ForkServer:
             cgroup.apply(spec.limits)
             process = await init.start(job, spec.stdin)
             result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
+            if not process.reported and result.verdict is Verdict.RUNTIME_ERROR:
+                # Killed without a word, by none of the limits: if the fork server is going
+                # too, its death took the job with it (its processes die before it does).
+                await asyncio.to_thread(zygote.wait_dead, _DEATH_WAIT_S)
             if not process.reported and not zygote.alive:
                 # Its death took the job with it: the platform failed, not the program.
                 return ExecResult(

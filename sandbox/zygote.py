@@ -304,6 +304,12 @@ class Zygote:
             os.close(err_write)
         return ready
 
+    def wait_dead(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the fork server's process to have ended (blocking)."""
+        if self._process is not None:
+            with suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=timeout_s)
+
     def stop(self) -> str:
         """Kill the fork server (jobs it forked die with it); what it said on stderr."""
         if self._control is not None:

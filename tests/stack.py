@@ -134,6 +134,7 @@ def start_stack(
     workers: int = 2,
     env: dict[str, str] | None = None,
     nats_nodes: int = 1,
+    worker_concurrency: int = 1,
 ) -> Stack:
     """`crucible up` on free ports, waiting until `/readyz` says ready."""
     port, nats_port = free_port(), free_ports(nats_nodes)
@@ -156,6 +157,8 @@ def start_stack(
                 str(state_dir),
                 "--cluster",
                 str(nats_nodes),
+                "--worker-concurrency",
+                str(worker_concurrency),
             ],
             env={**os.environ, "CRUCIBLE_API_KEY": api_key, **(env or {})},
             stdout=log,
