@@ -6,8 +6,9 @@ these on EVENTS and on the runs bucket.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -49,22 +50,56 @@ async def _ordered(
     stream: str,
     config: api.ConsumerConfig,
 ) -> AsyncIterator[tuple[int, JetStreamContext.PushSubscription]]:
+    creating = asyncio.ensure_future(_create(js, stream, config))
     try:
-        info = await js.add_consumer(stream, config)
-        sub = await js.subscribe_bind(
-            stream=stream, config=config, consumer=info.name, ordered_consumer=True
-        )
-    except Exception as exc:  # nats-py raises several unrelated types here
-        raise BusUnavailableError(f"cannot read {config.filter_subject}: {exc!r}") from exc
+        info, sub = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        # The reader left (an SSE client gone) while the consumer was being made: it is
+        # removed once made, instead of lingering until the server's inactivity timeout.
+        _in_background(_remove_when_made(js, stream, creating))
+        raise
     try:
         yield info.num_pending or 0, sub
     finally:
         # In a task of its own: the reader may be an SSE client's task being cancelled (it
         # left), where each await here would be cancelled again before the consumer is gone.
-        removal = asyncio.create_task(_remove(js, stream, info.name, sub))
-        _removals.add(removal)
-        removal.add_done_callback(_removals.discard)
-        await asyncio.shield(removal)
+        await asyncio.shield(_in_background(_remove(js, stream, info.name, sub)))
+
+
+Made = tuple[api.ConsumerInfo, JetStreamContext.PushSubscription]
+
+
+async def _create(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> Made:
+    try:
+        info = await js.add_consumer(stream, config)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BusUnavailableError(f"cannot read {config.filter_subject}: {exc!r}") from exc
+    try:
+        sub = await js.subscribe_bind(
+            stream=stream, config=config, consumer=info.name, ordered_consumer=True
+        )
+    except Exception as exc:
+        with suppress(Exception):
+            await js.delete_consumer(stream, info.name)
+        raise BusUnavailableError(f"cannot read {config.filter_subject}: {exc!r}") from exc
+    return info, sub
+
+
+def _in_background(removal: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.create_task(removal)
+    _removals.add(task)
+    task.add_done_callback(_removals.discard)
+    return task
+
+
+async def _remove_when_made(
+    js: JetStreamContext, stream: str, creating: asyncio.Future[Made]
+) -> None:
+    try:
+        info, sub = await creating
+    except Exception:
+        return  # never made: nothing to remove
+    await _remove(js, stream, info.name, sub)
 
 
 async def _remove(
