@@ -31,6 +31,7 @@ from gateway.run_schemas import RunProgress
 from gateway.run_status import read_mark
 from gateway.schemas import JobView
 from gateway.security import FIRST_EVENT_ID
+from gateway.sse import finished_frame
 
 FinishedView = Callable[[JobRecord, StoredEvent], JobView]
 
@@ -133,14 +134,7 @@ def _source(bus: GatewayBus, record: RunRecord, live: bool) -> Source[RunEntry]:
 def _finished_frame(entry: RunEntry, finished_view: FinishedView) -> bytes | None:
     if entry.job is None or entry.finished is None:
         return None  # aged out of the stream, or the record expired
-    view = finished_view(entry.job, entry.finished)
-    # Clients that reach the gateway by the same address get the same links: one encoding.
-    frame = entry.rendered.get(view.url)
-    if frame is None:
-        data = view.model_dump_json(exclude={"events_url"})
-        frame = ServerSentEvent(id=str(entry.seq), event="finished", data=data).encode()
-        entry.rendered[view.url] = frame
-    return frame
+    return finished_frame(entry.rendered, entry.seq, finished_view(entry.job, entry.finished))
 
 
 async def run_event_stream(

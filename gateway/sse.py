@@ -78,15 +78,19 @@ def _source(bus: GatewayBus, subject: str, live: bool) -> Source[JobEntry]:
 
 def _finished_frame(entry: JobEntry, finished_view: FinishedView) -> bytes:
     assert entry.finished is not None
-    view = finished_view(entry.finished)
-    # Clients that reach the gateway by the same address get the same links: one encoding.
-    frame = entry.rendered.get(view.url)
+    return finished_frame(entry.rendered, entry.seq, finished_view(entry.finished))
+
+
+def finished_frame(rendered: dict[str, bytes], seq: int, view: JobView) -> bytes:
+    """A `finished` event's frame, encoded once per address clients reach the gateway by
+    (clients that come by the same address get the same links), kept in `rendered`."""
+    frame = rendered.get(view.url)
     if frame is None:
         # Without events_url: its token is re-issued per request, and a replayed event must
         # be byte for byte the event first sent.
         data = view.model_dump_json(exclude={"events_url"})
-        frame = ServerSentEvent(id=str(entry.seq), event="finished", data=data).encode()
-        entry.rendered[view.url] = frame
+        frame = ServerSentEvent(id=str(seq), event="finished", data=data).encode()
+        rendered[view.url] = frame
     return frame
 
 
