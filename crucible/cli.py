@@ -9,6 +9,7 @@ import sys
 from typing import Annotated, Literal
 
 import typer
+import uvloop
 
 from crucible.admin_cli import register as register_admin_commands
 from crucible.creds import AuthMode
@@ -131,7 +132,7 @@ def worker(
         await service.run()
 
     try:
-        asyncio.run(serve())
+        uvloop.run(serve())  # the worker is bound by its loop's own overhead per job
     except SandboxUnavailableError as exc:
         print(f"crucible worker: refusing to start without a sandbox: {exc}", file=sys.stderr)
         raise typer.Exit(2) from exc

@@ -1,5 +1,8 @@
 """Request dependencies shared by the job and run APIs: who is calling, and the bus.
 
+All are `async def`, though none awaits: FastAPI runs a plain `def` dependency in a thread
+pool, a hand-off per dependency per request that cost more than the request's own work.
+
 The app keeps its keys, stream tokens, settings and bus on `app.state`; these read them
 from there, so that routers in other modules authenticate exactly as the app does.
 """
@@ -56,7 +59,7 @@ def _admitted(request: Request, principal: Principal) -> Principal:
     return principal
 
 
-def api_principal(
+async def api_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     keys: ApiKeysStore = request.app.state.keys
@@ -91,17 +94,17 @@ def resume_position(header: str | None, query: str | None) -> int | None:
     return int(value)
 
 
-def get_bus(request: Request) -> GatewayBus:
+async def get_bus(request: Request) -> GatewayBus:
     bus: GatewayBus = request.app.state.bus
     return bus
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_tokens(request: Request) -> StreamTokens:
+async def get_tokens(request: Request) -> StreamTokens:
     tokens: StreamTokens = request.app.state.tokens
     return tokens
 

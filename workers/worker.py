@@ -7,9 +7,11 @@ Attempts are the runs that started (stored `started` events), not deliveries: on
 
 Per job the bus is in the way as little as it can be: a first delivery reads no history (see
 `_process`), a redelivery reads it while it checks for a cancel request, `started` and output
-are stored beside the sandbox run (workers/events.py), the ack is not waited for, and a slot
-fetches its next job as soon as its sandbox is free, while the last job's `finished` is
-still being stored.
+are stored beside the sandbox run (workers/events.py), the ack is not waited for, and while
+a job runs its slot fetches the next one, when more are queued, and reads what it must first:
+the next job starts as soon as the sandbox is free, while the last job's `finished` is still
+being stored. A job fetched so waits a moment at most (`_AHEAD_HOLD_S`): behind a long job it
+goes back to the queue for a free slot.
 """
 
 from __future__ import annotations
@@ -62,6 +64,48 @@ tracer = trace.get_tracer(__name__)
 _PROGRESS_PER_ACK_WAIT = 3
 _CONSUMER_RETRY_S = 0.5
 _NAK_DELAY_S = 1.0
+# A fetch ahead (while the slot's sandbox is busy) waits only this long for a job: a longer
+# pull would take jobs that arrive later away from workers that are free.
+_AHEAD_WAIT_S = 0.02
+# A job fetched ahead waits this long for its slot, then goes back to the queue for any free
+# slot: the job before it turned out long.
+_AHEAD_HOLD_S = 0.25
+
+
+class _Turn:
+    """A job's turn at its slot's sandbox: after the job before it, until `release()`."""
+
+    def __init__(
+        self, after: asyncio.Future[None], free: asyncio.Future[None], busy: Callable[[int], None]
+    ) -> None:
+        self._after = after
+        self._free = free
+        self._busy = busy
+        self._taken = False
+        self._released = False
+
+    async def take(self) -> bool:
+        """Wait for the sandbox; False when the job before holds it past `_AHEAD_HOLD_S`."""
+        if not self._taken:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._after), _AHEAD_HOLD_S)
+            self._taken = self._after.done()
+            if self._taken:
+                self._busy(1)
+        return self._taken
+
+    def release(self) -> None:
+        """The sandbox is free for the next job, once the job before is done with it too."""
+        if self._released:
+            return
+        self._released = True
+        if self._taken:
+            self._busy(-1)
+        self._after.add_done_callback(self._pass_on)
+
+    def _pass_on(self, _: asyncio.Future[None]) -> None:
+        if not self._free.done():
+            self._free.set_result(None)
 
 
 class Worker:
@@ -165,19 +209,33 @@ class Worker:
         max_attempts: int,
         ack_wait_s: float,
     ) -> None:
-        """One sandbox's worth of jobs: the next is fetched once the sandbox is free, while the
-        last job's `finished` is still being stored and acked."""
+        """One sandbox's worth of jobs, one at a time. While a job runs, the next is fetched
+        and made ready (its history and cancel request read) when more are queued, so that
+        it starts as soon as the sandbox is free; at most one job waits so."""
         jobs: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()  # set when the sandbox is free
+        turn.set_result(None)
         try:
             while not self._stopping.is_set():
-                msg = await self._fetch(psub)
+                ahead = not turn.done()
+                wait_s = _AHEAD_WAIT_S if ahead else self.settings.fetch_wait_s
+                msg = await self._fetch(psub, wait_s)
                 if msg is None:
+                    if ahead:  # taken by other workers after all: wait for the sandbox
+                        await turn
                     continue
-                free = asyncio.get_running_loop().create_future()
-                job = asyncio.create_task(self._serve(js, msg, max_attempts, ack_wait_s, free))
+                free = loop.create_future()
+                job = asyncio.create_task(
+                    self._serve(js, msg, max_attempts, ack_wait_s, _Turn(turn, free, self._count))
+                )
                 jobs.add(job)
                 job.add_done_callback(jobs.discard)
-                await free
+                # A queue that held nothing more when this job came: the next fetch waits
+                # until the sandbox is free, so that a job arriving meanwhile goes to a free
+                # worker instead of waiting here.
+                await (turn if msg.metadata.num_pending else free)
+                turn = free
             if jobs:
                 await asyncio.wait(jobs)
         finally:
@@ -185,9 +243,9 @@ class Worker:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
 
-    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> Msg | None:
+    async def _fetch(self, psub: JetStreamContext.PullSubscription, wait_s: float) -> Msg | None:
         try:
-            (msg,) = await psub.fetch(1, timeout=self.settings.fetch_wait_s)
+            (msg,) = await psub.fetch(1, timeout=wait_s)
         except TimeoutError:
             return None
         except Exception:
@@ -197,35 +255,21 @@ class Worker:
         return msg
 
     async def _serve(
-        self,
-        js: JetStreamContext,
-        msg: Msg,
-        max_attempts: int,
-        ack_wait_s: float,
-        free: asyncio.Future[None],
+        self, js: JetStreamContext, msg: Msg, max_attempts: int, ack_wait_s: float, turn: _Turn
     ) -> None:
-        """Process one job; `free` is set when its sandbox is no longer needed."""
-        self._busy += 1
-        metrics.SLOTS_BUSY.inc()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._busy -= 1
-                metrics.SLOTS_BUSY.dec()
-            if not free.done():  # cancelled when the slot itself was (a shutdown)
-                free.set_result(None)
-
+        """Process one job; its turn is released once its sandbox is no longer needed."""
         try:
-            await self._process(js, msg, max_attempts, ack_wait_s, release)
+            await self._process(js, msg, max_attempts, ack_wait_s, turn)
         except Exception:
             # The bus failed before the job ran (NATS restarting, a node lost): the slot
             # lives on, and the job comes back after its ack wait.
             log.exception("could not process a job; it will be redelivered")
         finally:
-            release()
+            turn.release()
+
+    def _count(self, busy: int) -> None:
+        self._busy += busy
+        metrics.SLOTS_BUSY.set(self._busy)
 
     async def _process(
         self,
@@ -233,7 +277,7 @@ class Worker:
         msg: Msg,
         max_attempts: int,
         ack_wait_s: float,
-        release: Callable[[], None],
+        turn: _Turn,
     ) -> None:
         try:
             job = JobMessage.model_validate_json(msg.data)
@@ -250,12 +294,12 @@ class Worker:
         assumed = History() if msg.metadata.num_delivered == 1 else None
         try:
             try:
-                await self._deliver(js, msg, job, assumed, max_attempts, ack_wait_s, release)
+                await self._deliver(js, msg, job, assumed, max_attempts, ack_wait_s, turn)
             except StaleHistoryError:
                 if assumed is None:
                     raise
                 log.info("a first delivery found earlier events stored; reading them")
-                await self._deliver(js, msg, job, None, max_attempts, ack_wait_s, release)
+                await self._deliver(js, msg, job, None, max_attempts, ack_wait_s, turn)
         except SupersededError:
             # The job was redelivered while this attempt was cut off, and the newer attempt
             # owns it now: stop without a word (no ack, no nak), so as to add no result.
@@ -273,7 +317,7 @@ class Worker:
         known: History | None,
         max_attempts: int,
         ack_wait_s: float,
-        release: Callable[[], None],
+        turn: _Turn,
     ) -> None:
         """One go at the job from what is stored (`known`, or read now)."""
         if known is None:
@@ -289,6 +333,10 @@ class Worker:
             log.info("job already finished by an earlier attempt; acknowledged")
             return
         attempt = history.next_attempt()
+        if attempt <= max_attempts and not cancel_requested and not await turn.take():
+            await msg.nak()
+            log.info("the job before it in this slot runs on; handed back for a free slot")
+            return
         with tracer.start_as_current_span(
             f"process {s.JOBS_STREAM}",
             context=message_context(msg.headers),
@@ -309,9 +357,7 @@ class Worker:
                 js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
             )
             cancel_requested = cancel_requested or job.job_id in self._cancelled
-            await self._attempt(
-                msg, job, events, cancel_requested, max_attempts, ack_wait_s, release
-            )
+            await self._attempt(msg, job, events, cancel_requested, max_attempts, ack_wait_s, turn)
 
     async def _attempt(
         self,
@@ -321,7 +367,7 @@ class Worker:
         cancel_requested: bool,
         max_attempts: int,
         ack_wait_s: float,
-        release: Callable[[], None],
+        turn: _Turn,
     ) -> None:
         if events.attempt > max_attempts:
             log.error("job failed %d attempts; recording internal_error", max_attempts)
@@ -340,7 +386,7 @@ class Worker:
             events.started()  # stored while the sandbox starts; `finished` waits for it
             log.info("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
-            release()
+            turn.release()
             await events.finished(result)
             metrics.record_finished(job, result)
             # Only now: the result is stored. Not waited for: an ack that is lost brings the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from itertools import pairwise
 
 import pytest
 from nats.js import JetStreamContext
@@ -36,17 +38,27 @@ from workers.worker import Worker
 _SETTLE_S = 30.0
 
 
+@asynccontextmanager
+async def running_worker(
+    server: NatsServer, worker_id: str = "test-worker", concurrency: int = 2
+) -> AsyncIterator[Worker]:
+    settings = WorkerSettings(
+        worker_id=worker_id, concurrency=concurrency, fetch_wait_s=0.2, shutdown_grace_s=5
+    )
+    service = Worker(settings, as_service(server, "worker"), create_sandbox("bwrap"))
+    running = asyncio.create_task(service.run())
+    try:
+        yield service
+    finally:
+        service.stop()
+        await asyncio.wait_for(running, 30)
+
+
 @pytest.fixture
 async def worker(nats_server: NatsServer) -> AsyncIterator[Worker]:
     await ensure_layout(nats_server)
-    settings = WorkerSettings(
-        worker_id="test-worker", concurrency=2, fetch_wait_s=0.2, shutdown_grace_s=5
-    )
-    service = Worker(settings, as_service(nats_server, "worker"), create_sandbox("bwrap"))
-    running = asyncio.create_task(service.run())
-    yield service
-    service.stop()
-    await asyncio.wait_for(running, 30)
+    async with running_worker(nats_server) as service:
+        yield service
 
 
 async def enqueue(server: NatsServer, *jobs: JobMessage) -> None:
@@ -159,3 +171,48 @@ async def test_a_job_cancelled_while_queued_never_starts(
     assert [e.type for e in stored] == ["finished"]
     assert isinstance(stored[0], FinishedEvent)
     assert stored[0].result.reason == "cancelled before it started"
+
+
+async def finished_event(server: NatsServer, job: JobMessage) -> FinishedEvent:
+    """`job`'s result once stored (other jobs may still be queued or running)."""
+    deadline = asyncio.get_running_loop().time() + _SETTLE_S
+    while asyncio.get_running_loop().time() < deadline:
+        for event in await stored_events(server, job):
+            if isinstance(event, FinishedEvent):
+                return event
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{job.job_id} did not finish in {_SETTLE_S} s")
+
+
+async def test_a_job_fetched_behind_a_long_one_goes_to_a_free_worker(
+    nats_server: NatsServer,
+) -> None:
+    """One slot, two jobs queued: the second is fetched while the first runs, and handed back
+    when the first runs on, so that a worker that comes free meanwhile runs it at once."""
+    await ensure_layout(nats_server)
+    long_job = new_job("import time\ntime.sleep(4)\nprint('long')")
+    short_job = new_job("print('short')")
+    async with running_worker(nats_server, "busy-worker", concurrency=1):
+        await enqueue(nats_server, long_job, short_job)
+        await asyncio.sleep(1)  # the short job is fetched ahead, then handed back
+        async with running_worker(nats_server, "free-worker", concurrency=1):
+            short = await finished_event(nats_server, short_job)
+            assert not [
+                e for e in await stored_events(nats_server, long_job) if e.type == "finished"
+            ]
+            long = await finished_event(nats_server, long_job)
+    assert (short.worker, short.attempt, short.result.stdout) == ("free-worker", 1, "short\n")
+    assert (long.worker, long.result.stdout) == ("busy-worker", "long\n")
+
+
+async def test_jobs_fetched_ahead_run_one_at_a_time_per_slot(nats_server: NatsServer) -> None:
+    """A queue of jobs on one slot: each fetched while the one before runs, none overlapping."""
+    await ensure_layout(nats_server)
+    jobs = [new_job("import time\nprint(time.time())\ntime.sleep(0.05)") for _ in range(8)]
+    async with running_worker(nats_server, "one-slot", concurrency=1):
+        await enqueue(nats_server, *jobs)
+        results = [(await finished_event(nats_server, job)).result for job in jobs]
+    spans = sorted((r.started_at, r.finished_at) for r in results if r.started_at)
+    assert len(spans) == len(jobs)
+    assert all(r.verdict is Verdict.ACCEPTED for r in results)
+    assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))
