@@ -7,9 +7,12 @@ the job ever starts, double-forked daemons included, is inside and dies with it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import queue
 import secrets
 import signal
+import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from pathlib import Path
 
 from sandbox.errors import SandboxUnavailableError
 from sandbox.models import ExecLimits
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
@@ -27,11 +32,12 @@ _KILL_POLL_S = 0.01
 _KILL_TIMEOUT_S = 5.0  # a frozen cgroup empties in milliseconds
 _MIB = 1024 * 1024
 _READ_BYTES = 64  # a counter's value, with room
+_READ_CHUNK_BYTES = 4096
 
 
-def _write(path: Path, value: str | int) -> None:
-    # os-level calls: a job reads and writes a dozen of these files, and pathlib's text
-    # layer costs more than the kernel does here.
+# os-level calls on plain string paths: a job reads and writes a few dozen of these files,
+# and pathlib's objects and text layer cost more than the kernel does here.
+def _write(path: str, value: str | int) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, str(value).encode())
@@ -39,7 +45,18 @@ def _write(path: Path, value: str | int) -> None:
         os.close(fd)
 
 
-def _read_int(path: Path) -> int:
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = b""
+        while chunk := os.read(fd, _READ_CHUNK_BYTES):
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
         return int(os.read(fd, _READ_BYTES).split()[0])
@@ -69,43 +86,46 @@ def check_cgroups() -> None:
 class JobCgroup:
     """One job's cgroup in every controller; `remove()` after `kill()`."""
 
-    dirs: dict[str, Path]
+    dirs: dict[str, str]  # controller -> the job's directory in it
 
     @classmethod
     def create(cls, job_id: str, limits: ExecLimits) -> JobCgroup:
-        dirs = {c: CGROUP_ROOT / c / PARENT / _name(job_id) for c in CONTROLLERS}
+        name = _name(job_id)
+        dirs = {c: os.path.join(CGROUP_ROOT, c, PARENT, name) for c in CONTROLLERS}
         for path in dirs.values():
-            path.mkdir(parents=True)
+            os.makedirs(path)
         cgroup = cls(dirs)
         cgroup.apply(limits)
         # At most one core per job: one job must not starve the others on the machine.
-        _write(dirs["cpu"] / "cpu.cfs_period_us", _CPU_PERIOD_US)
-        _write(dirs["cpu"] / "cpu.cfs_quota_us", _CPU_PERIOD_US)
+        _write(f"{dirs['cpu']}/cpu.cfs_period_us", _CPU_PERIOD_US)
+        _write(f"{dirs['cpu']}/cpu.cfs_quota_us", _CPU_PERIOD_US)
         return cgroup
 
     def apply(self, limits: ExecLimits) -> None:
         """Set the memory and process caps (also to lower them between compile and run)."""
         memory = self.dirs["memory"]
         limit = str(limits.memory_mb * _MIB)
-        memsw = memory / "memory.memsw.limit_in_bytes"
+        memsw = f"{memory}/memory.memsw.limit_in_bytes"
         # memsw may never be below the memory limit: lower memory first, raise memsw first.
         # Swap must not become a way around the memory limit, so both get the same value.
-        order = [memory / "memory.limit_in_bytes"] + ([memsw] if memsw.exists() else [])
-        current = _read_int(memory / "memory.limit_in_bytes")
+        order = [f"{memory}/memory.limit_in_bytes"] + ([memsw] if os.path.exists(memsw) else [])
+        current = _read_int(order[0])
         for path in order if int(limit) <= current else reversed(order):
             _write(path, limit)
-        _write(self.dirs["pids"] / "pids.max", limits.processes)
+        _write(f"{self.dirs['pids']}/pids.max", limits.processes)
 
     @property
-    def procs_files(self) -> list[Path]:
+    def procs_files(self) -> list[str]:
         """Where the job's first process writes its pid, once per controller."""
-        return [path / "cgroup.procs" for path in self.dirs.values()]
+        return [f"{path}/cgroup.procs" for path in self.dirs.values()]
 
     def rename(self, job_id: str) -> None:
         """Name a cgroup made before its job was known after the job (v1 renames in place)."""
         name = _name(job_id)
         for controller, path in self.dirs.items():
-            self.dirs[controller] = path.rename(path.with_name(name))
+            renamed = os.path.join(os.path.dirname(path), name)
+            os.rename(path, renamed)
+            self.dirs[controller] = renamed
 
     def join(self, pid: int) -> None:
         """Move process `pid` into the job's cgroup in every controller."""
@@ -114,22 +134,22 @@ class JobCgroup:
 
     def reset_peak(self) -> None:
         """Forget the peak so far: a compiler's memory is not the program's."""
-        _write(self.dirs["memory"] / "memory.max_usage_in_bytes", 0)
+        _write(f"{self.dirs['memory']}/memory.max_usage_in_bytes", 0)
 
     def cpu_time_s(self) -> float:
-        return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+        return _read_int(f"{self.dirs['cpuacct']}/cpuacct.usage") / 1e9
 
     def memory_peak_mb(self) -> float:
-        return _read_int(self.dirs["memory"] / "memory.max_usage_in_bytes") / _MIB
+        return _read_int(f"{self.dirs['memory']}/memory.max_usage_in_bytes") / _MIB
 
     def oom_killed(self) -> bool:
         """True when the kernel killed a process of the job for exceeding its memory."""
-        for line in (self.dirs["memory"] / "memory.oom_control").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
+        for line in _read(f"{self.dirs['memory']}/memory.oom_control").splitlines():
+            key, _, value = line.partition(b" ")
+            if key == b"oom_kill":
                 return int(value) > 0
         # Older kernels do not count OOM kills; hitting the limit at all is the best sign.
-        return _read_int(self.dirs["memory"] / "memory.failcnt") > 0
+        return _read_int(f"{self.dirs['memory']}/memory.failcnt") > 0
 
     @property
     def empty(self) -> bool:
@@ -138,13 +158,13 @@ class JobCgroup:
     def _tasks(self) -> set[int]:
         # Every controller's: a process still joining them one by one (a job cancelled as
         # it starts) may be in some and not yet in others, and must not be missed.
-        return {int(pid) for path in self.procs_files for pid in path.read_text().split()}
+        return {int(pid) for path in self.procs_files for pid in _read(path).split()}
 
     async def kill(self) -> None:
         """Kill every process of the job; freeze first so that nothing can fork meanwhile."""
         if not self._tasks():
             return  # already gone (the fork server's jobs end with their pid namespace)
-        freezer = self.dirs["freezer"] / "freezer.state"
+        freezer = f"{self.dirs['freezer']}/freezer.state"
         _write(freezer, "FROZEN")
         pause_s = _KILL_FIRST_POLL_S
         deadline = time.monotonic() + _KILL_TIMEOUT_S
@@ -163,4 +183,68 @@ class JobCgroup:
         """Delete the (empty) cgroup directories."""
         for path in self.dirs.values():
             with suppress(FileNotFoundError):
-                path.rmdir()
+                os.rmdir(path)
+
+
+class Remover:
+    """Removes ended jobs' cgroups in a thread of its own, in order, off the event loop.
+
+    Removing a memory cgroup whose namespaces the kernel is still tearing down blocks for
+    milliseconds. One long-lived thread fed by a queue costs the loop a `put` per job, where
+    a thread pool's hand-off (a future, a wake-up and a callback back) cost more than the
+    rest of the job's cgroup work together.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[JobCgroup | _Settled | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def remove(self, cgroup: JobCgroup) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_remove_all, args=(self._queue,), name="cgroup-remover", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(cgroup)
+
+    async def settle(self) -> None:
+        """Until every cgroup handed over so far is removed."""
+        if self._thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        settled = loop.create_future()
+        self._queue.put(_Settled(loop, settled))
+        await settled
+
+    def close(self) -> None:
+        """Let the thread end once it has removed what it was given."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """A marker: everything queued before it is removed."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def set(self) -> None:
+        def resolve() -> None:
+            if not self.future.done():
+                self.future.set_result(None)
+
+        with suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            self.loop.call_soon_threadsafe(resolve)
+
+
+def _remove_all(work: queue.SimpleQueue[JobCgroup | _Settled | None]) -> None:
+    while (item := work.get()) is not None:
+        if isinstance(item, _Settled):
+            item.set()
+            continue
+        try:
+            item.remove()
+        except OSError:
+            log.exception("could not remove a job's cgroup")

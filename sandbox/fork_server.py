@@ -14,7 +14,7 @@ import time
 import weakref
 from contextlib import suppress
 
-from sandbox.cgroups import JobCgroup
+from sandbox.cgroups import JobCgroup, Remover
 from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import execute
 from sandbox.models import ExecLimits, ExecResult, ExecSpec, OutputSink, Verdict
@@ -41,7 +41,7 @@ class ForkServer:
         self._ready: list[Ready] = []  # inits waiting for their job
         self._refill: asyncio.Task[None] | None = None
         self._usable = True  # False once it could not start here, or after close()
-        self._removing: set[asyncio.Future[None]] = set()  # cgroups of ended jobs, going
+        self._remover = Remover()  # cgroups of ended jobs, going
 
     @property
     def alive(self) -> bool:
@@ -72,6 +72,7 @@ class ForkServer:
             await asyncio.to_thread(self._zygote.stop)
             self._zygote = None
         await self.settle()
+        self._remover.close()
 
     async def _running(self) -> Zygote | None:
         """The live fork server, started on first use; None when it cannot run here."""
@@ -88,7 +89,7 @@ class ForkServer:
                 self._usable = False
                 return None
             # A sandbox dropped unclosed leaves no process, socket or cgroup behind.
-            weakref.finalize(self, _abandon, zygote, self._ready)
+            weakref.finalize(self, _abandon, zygote, self._ready, self._remover)
             self._zygote = zygote
             return zygote
 
@@ -120,16 +121,11 @@ class ForkServer:
                 process.close()
             # Off the job's way: removing a memory cgroup whose namespaces the kernel is still
             # tearing down takes milliseconds. Its processes are all gone by now.
-            self._remove_later(cgroup)
-
-    def _remove_later(self, cgroup: JobCgroup) -> None:
-        removing = asyncio.get_running_loop().run_in_executor(None, _remove, cgroup)
-        self._removing.add(removing)
-        removing.add_done_callback(self._removing.discard)
+            self._remover.remove(cgroup)
 
     async def settle(self) -> None:
         """Until the cgroups of the jobs that ended are removed."""
-        await asyncio.gather(*self._removing)
+        await self._remover.settle()
 
     async def _take_ready(self, zygote: Zygote) -> Ready:
         """An init built ahead of its job if one waits, else a new one; then refill."""
@@ -165,14 +161,7 @@ async def _prepare(zygote: Zygote) -> Ready:
         raise
 
 
-def _remove(cgroup: JobCgroup) -> None:
-    try:
-        cgroup.remove()
-    except OSError:
-        log.exception("could not remove a job's cgroup")
-
-
-def _abandon(zygote: Zygote, ready: list[Ready]) -> None:
+def _abandon(zygote: Zygote, ready: list[Ready], remover: Remover) -> None:
     for _, init in ready:
         init.discard()
     zygote.stop()  # its inits die with it
@@ -182,6 +171,7 @@ def _abandon(zygote: Zygote, ready: list[Ready]) -> None:
             time.sleep(_ABANDON_POLL_S)
         cgroup.remove()
     ready.clear()
+    remover.close()
 
 
 async def _discard(cgroup: JobCgroup, init: ReadyInit) -> None:

@@ -292,7 +292,7 @@ class Zygote:
             pid = await asyncio.wait_for(_hello_pid(ours), _HELLO_TIMEOUT_S)
             # Before the job is sent: nothing of it runs outside its cgroup. In a thread: a
             # move can wait for an RCU grace period, which must not stall the worker's loop.
-            await asyncio.to_thread(cgroup.join, pid)
+            await _finished(asyncio.ensure_future(asyncio.to_thread(cgroup.join, pid)))
         except BaseException as exc:
             ready.discard()
             if isinstance(exc, (OSError, TimeoutError)):
@@ -326,6 +326,20 @@ class Zygote:
         self._errors.close()
         self._errors = None
         return said or "no output"
+
+
+async def _finished(work: asyncio.Future[None]) -> None:
+    """Await `work` (in a thread); if cancelled, still until the thread is done with it.
+
+    A thread cannot be stopped: a move into a cgroup that goes on after its caller gave up
+    would land the init in the cgroup after the clean-up had found it empty to remove.
+    """
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await work
+        raise
 
 
 def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
