@@ -46,7 +46,7 @@ from sandbox.models import (
 )
 from sandbox.runtimes import COMPILE_LIMITS, RUNTIMES, Runtime, available_runtimes
 from sandbox.seccomp import seccomp_fd
-from sandbox.zygote import ZygoteJob
+from sandbox.zygote import DirSizes, ZygoteJob
 
 SANDBOX_UID = 65534  # nobody, inside and outside the sandbox
 WORK_DIR = "/work"
@@ -179,6 +179,10 @@ def _argv(
     ]
 
 
+def _dir_sizes(limits: ExecLimits) -> DirSizes:
+    return DirSizes(disk_mb=limits.disk_mb, shm_mb=min(_SHM_MB, limits.disk_mb))
+
+
 def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
     check_file_names(list(spec.files), runtime.entry_file)
     limits = spec.limits
@@ -186,8 +190,7 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
         entry=runtime.entry_file,
         args=spec.args,
         files={runtime.entry_file: spec.code, **spec.files},
-        disk_mb=limits.disk_mb,
-        shm_mb=min(_SHM_MB, limits.disk_mb),
+        **_dir_sizes(limits).model_dump(),
         nofile=_NOFILE,
         cpu_s=math.ceil(limits.cpu_time_s) + 1,  # the same backstop as the classic path's
         file_bytes=limits.disk_mb * _MIB,
@@ -265,7 +268,9 @@ class BwrapSandbox:
     def __init__(self, fork_server: bool | None = None) -> None:
         if fork_server is None:
             fork_server = BwrapSettings().fork_server
-        self._fork_server = ForkServer(_zygote_argv) if fork_server else None
+        self._fork_server = (
+            ForkServer(_zygote_argv, _dir_sizes(ExecLimits())) if fork_server else None
+        )
 
     @property
     def fast_path(self) -> bool:

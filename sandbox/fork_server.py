@@ -19,7 +19,7 @@ from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import execute
 from sandbox.models import ExecLimits, ExecResult, ExecSpec, OutputSink, Verdict
 from sandbox.seccomp import job_program, zygote_program
-from sandbox.zygote import ArgvFactory, ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
+from sandbox.zygote import ArgvFactory, DirSizes, ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ Ready = tuple[JobCgroup, ReadyInit]
 class ForkServer:
     """Runs jobs in inits forked by one live zygote, started with `argv`."""
 
-    def __init__(self, argv: ArgvFactory) -> None:
+    def __init__(self, argv: ArgvFactory, sizes: DirSizes) -> None:
         self._argv = argv
+        self._sizes = sizes  # of the dirs inits build ahead: the default limits'
         self._zygote: Zygote | None = None
         self._lock = asyncio.Lock()
         self._ready: list[Ready] = []  # inits waiting for their job
@@ -138,23 +139,23 @@ class ForkServer:
                 await _discard(cgroup, init)
         if self._refill is None or self._refill.done():
             self._refill = asyncio.create_task(self._fill(zygote))
-        return taken or await _prepare(zygote)
+        return taken or await _prepare(zygote, self._sizes)
 
     async def _fill(self, zygote: Zygote) -> None:
         # Built while jobs run, so that the next job finds its namespaces, /proc and cgroup
         # made: its own start is then only its files, its limits and a fork.
         while len(self._ready) < _READY_INITS and zygote.alive:
             try:
-                self._ready.append(await _prepare(zygote))
+                self._ready.append(await _prepare(zygote, self._sizes))
             except ZygoteGoneError:
                 return  # the next job finds out, and replaces the fork server
 
 
-async def _prepare(zygote: Zygote) -> Ready:
+async def _prepare(zygote: Zygote, sizes: DirSizes) -> Ready:
     # The default limits until the job's own are known; the name, too, is the job's later.
     cgroup = JobCgroup.create("ready", ExecLimits())
     try:
-        return cgroup, await zygote.prepare(cgroup)
+        return cgroup, await zygote.prepare(cgroup, sizes)
     except BaseException:
         await cgroup.kill()
         cgroup.remove()

@@ -40,6 +40,7 @@ _STATUS_BYTES = 4096
 _LAST_WORDS_CHARS = 2000
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _LEN = struct.Struct("!I")
+_SETTLED = struct.Struct("!cII")  # b"M", then the default sizes (MiB) of the dirs and /dev/shm
 
 # Builds the zygote's command line from the fds it inherits: the control socket, the job
 # seccomp program, and the seccomp program bwrap applies to the zygote itself.
@@ -57,6 +58,13 @@ class ZygoteJob(BaseModel):
     nofile: int
     cpu_s: int
     file_bytes: int
+
+
+class DirSizes(BaseModel):
+    """The sizes of a job's tmpfs dirs (its work dir and /tmp; /dev/shm), in MiB."""
+
+    disk_mb: int
+    shm_mb: int
 
 
 class ZygoteGoneError(SandboxUnavailableError):
@@ -274,8 +282,9 @@ class Zygote:
         control.setblocking(False)
         self._control = control
 
-    async def prepare(self, cgroup: JobCgroup) -> ReadyInit:
-        """Fork a job's init into `cgroup`; it builds what needs no job, then waits for one."""
+    async def prepare(self, cgroup: JobCgroup, sizes: DirSizes) -> ReadyInit:
+        """Fork a job's init into `cgroup`; it builds what needs no job (its dirs at `sizes`,
+        which a job with other limits changes), then waits for one."""
         if self._control is None or not self.alive:
             raise ZygoteGoneError("the fork server is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -293,6 +302,8 @@ class Zygote:
             # Before the job is sent: nothing of it runs outside its cgroup. In a thread: a
             # move can wait for an RCU grace period, which must not stall the worker's loop.
             await _finished(asyncio.ensure_future(asyncio.to_thread(cgroup.join, pid)))
+            settled = _SETTLED.pack(b"M", sizes.disk_mb, sizes.shm_mb)
+            await asyncio.get_running_loop().sock_sendall(ours, settled)
         except BaseException as exc:
             ready.discard()
             if isinstance(exc, (OSError, TimeoutError)):

@@ -15,12 +15,13 @@ the job's own socket, its stdout and stderr. The zygote only forks and forgets: 
 reads a job's code, so nothing of one job is left in the memory that the next job is forked
 from. The init process says hello on the job socket (the kernel attaches its pid, as the
 worker sees it, to the message) and, while the worker moves it into the job's cgroup,
-unshares mount, ipc and network namespaces and mounts a fresh /proc: all that needs no job,
-so the worker can keep a few inits ready before their jobs exist. Then it reads the job
-(its stdin comes attached, as a descriptor), unshares a cgroup namespace, mounts fresh
-size-capped tmpfs dirs, writes the files, drops every capability, installs the job's
-seccomp filter and forks the job. It reports how the job ended, then exits, which kills
-whatever the job left running.
+unshares mount, ipc and network namespaces and mounts a fresh /proc. Told that it is in the
+cgroup (with the default sizes of the job's dirs), it unshares a cgroup namespace rooted there
+and mounts fresh size-capped tmpfs dirs: all that needs no job, so the worker keeps a few
+inits ready before their jobs exist. Then it reads the job (its stdin comes attached, as a
+descriptor), resizes its dirs if the job's limits differ, writes the files, drops every
+capability, installs the job's seccomp filter and forks the job. It reports how the job
+ended, then exits, which kills whatever the job left running.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _SETUP_FAILED = 125  # as the classic path's entry shell reports a sandbox that 
 _SIGNAL_BASE = 128  # a job killed by signal N is reported as 128 + N, as bwrap does
 _MIB = 1024 * 1024
 _LEN = struct.Struct("!I")
+_SETTLED = struct.Struct("!cII")  # b"M", then the default sizes (MiB) of the dirs and /dev/shm
 _FD_COUNT = 3  # the job socket, stdout, stderr; stdin comes with the job
 
 _CLONE_NEWNS = 0x00020000
@@ -222,9 +224,11 @@ class Init:
         """In the job process, the job to run; the init process itself never returns."""
         try:
             self.sock.sendall(b"P")  # the kernel adds our pid; the worker moves us into the cgroup
-            # What does not depend on the job is built while the worker moves us, before the
-            # job is even sent: so nothing of the job runs, or is read, outside its cgroup.
+            # What does not depend on the job is built while the worker moves us, and once
+            # moved, before the job is even sent: so nothing of the job runs, or is read,
+            # outside its cgroup.
             self._isolate()
+            self._settle()
             spec = self._receive_job()
             self._build(spec)
             pid = os.fork()
@@ -267,14 +271,24 @@ class Init:
                 _mount(None, path, None, flags)
         self._loopback_up()
 
-    def _build(self, spec: dict[str, Any]) -> None:
-        # Now in the job's cgroup: a cgroup namespace rooted there hides the host's tree.
+    def _settle(self) -> None:
+        """Once in the job's cgroup: a cgroup namespace rooted there hides the host's tree,
+        and the job's dirs are fresh tmpfs mounts, at the default sizes until its own come."""
+        tag, disk_mb, shm_mb = _SETTLED.unpack(_read_exactly(self.sock, _SETTLED.size))
+        if tag != b"M":
+            raise ValueError(f"the worker said {tag!r}, not that this init is in its cgroup")
         _check(_libc.unshare(_CLONE_NEWCGROUP), "unshare cgroup namespace")
-        disk = f"mode=0755,size={spec['disk_mb'] * _MIB}"
-        _mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV,
-               f"mode=0755,size={spec['shm_mb'] * _MIB}")  # fmt: skip
-        _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, disk)
-        _mount("tmpfs", WORK_DIR, "tmpfs", _MS_NOSUID | _MS_NODEV, disk)
+        self.sizes = {"/dev/shm": shm_mb, "/tmp": disk_mb, WORK_DIR: disk_mb}
+        for target, size_mb in self.sizes.items():
+            _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV,
+                   f"mode=0755,size={size_mb * _MIB}")  # fmt: skip
+
+    def _build(self, spec: dict[str, Any]) -> None:
+        wanted = {"/dev/shm": spec["shm_mb"], "/tmp": spec["disk_mb"], WORK_DIR: spec["disk_mb"]}
+        for target, size_mb in wanted.items():
+            if size_mb != self.sizes[target]:  # still empty: a remount sets the job's size
+                flags = _MS_REMOUNT | _MS_NOSUID | _MS_NODEV
+                _mount(None, target, None, flags, f"size={size_mb * _MIB}")
         for name, content in spec["files"].items():
             path = os.path.join(WORK_DIR, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -200,3 +200,24 @@ async def test_a_dead_fork_server_is_an_internal_error_then_replaced(forked: Bwr
     after = await run(forked, "print('again')")
     assert (after.verdict, after.stdout) == (Verdict.ACCEPTED, "again\n")
     assert forked.fast_path
+
+
+async def test_each_job_gets_dirs_of_its_own_limits_size(forked: BwrapSandbox) -> None:
+    # Inits are built ahead with the default sizes; a job with other limits gets its own.
+    code = (
+        "import os\n"
+        "for path in ('/work', '/tmp', '/dev/shm'):\n"
+        "    s = os.statvfs(path)\n"
+        "    print(path, s.f_blocks * s.f_frsize // 2**20)"
+    )
+    default_mb = ExecLimits().disk_mb
+    assert default_mb not in (8, 200)
+    sizes = {}
+    for disk_mb in (default_mb, 8, 200, default_mb):
+        result = await run(forked, code, limits={"disk_mb": disk_mb})
+        assert result.verdict is Verdict.ACCEPTED, result
+        sizes[disk_mb] = dict(line.split() for line in result.stdout.splitlines())
+    default = str(default_mb)
+    assert sizes[default_mb] == {"/work": default, "/tmp": default, "/dev/shm": "16"}
+    assert sizes[8] == {"/work": "8", "/tmp": "8", "/dev/shm": "8"}
+    assert sizes[200] == {"/work": "200", "/tmp": "200", "/dev/shm": "16"}
