@@ -226,7 +226,11 @@ class DockerSandbox:
                 )
             await self._set_memory(attached, spec.limits.memory_mb)
             files, argv = {}, [BINARY, *spec.args]
-        ran = await self._step(attached, files, argv, spec.stdin, spec.limits, output)
+        # A Python job runs in the keeper's started interpreter, in the process forked for it.
+        entry = runtime.entry_file if runtime.forkable else None
+        ran = await self._step(
+            attached, files, argv, spec.stdin, spec.limits, output, (entry, spec.args)
+        )
         return self._result(ran, output, spec.limits)
 
     @staticmethod
@@ -242,8 +246,13 @@ class DockerSandbox:
         stdin: str,
         limits: ExecLimits,
         output: OutputCollector,
+        in_process: tuple[str | None, list[str]] = (None, []),
     ) -> _Ran:
-        """One program run by the container's keeper, to its end or to `limits`."""
+        """One program run by the container's keeper, to its end or to `limits`.
+
+        `in_process` names a Python entry file (and its args) to run in the keeper's
+        interpreter instead of `argv`.
+        """
         token = secrets.token_hex(_TOKEN_BYTES).encode()
         bundle = marshal.dumps(
             {
@@ -252,6 +261,8 @@ class DockerSandbox:
                 "env": _SANDBOX_ENV,
                 "stdin": stdin,
                 "cpu_s": math.ceil(limits.cpu_time_s),
+                "entry": in_process[0],
+                "args": in_process[1],
             }
         )
         before = _Usage.of(attached.container.id)  # the keeper's start, an earlier step's

@@ -25,7 +25,9 @@ import marshal
 import os
 import resource
 import signal
+import sys
 import traceback
+import types
 from typing import Any, NoReturn
 
 WORK_DIR = "/work"
@@ -49,16 +51,14 @@ def _read_exactly(size: int) -> bytes:
     return data
 
 
-def _become_program(bundle: dict[str, Any]) -> NoReturn:
-    """In the forked child: set the step up and `exec` its program; a failure is exit 1."""
+def _become_program(bundle: dict[str, Any], python_main: types.ModuleType) -> NoReturn:
+    """In the forked child: set the step up and run its program; a failure is exit 1."""
     try:
-        # What pid 1 ignores, a program must not inherit ignored (exec keeps SIG_IGN).
-        for number in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(number, signal.SIG_DFL)
         # RLIMIT_CPU is per process: SIGXCPU at the soft limit, SIGKILL a second later; the
         # wall clock is enforced from outside, and the cgroup's CPU time read after.
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CPU, (bundle["cpu_s"], bundle["cpu_s"] + 1))
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name, content in bundle["files"].items():
             parent = os.path.dirname(name)
             if parent:
@@ -74,7 +74,18 @@ def _become_program(bundle: dict[str, Any]) -> NoReturn:
         os.lseek(stdin, 0, os.SEEK_SET)
         os.dup2(stdin, 0)
         os.close(stdin)
-        os.execve(bundle["argv"][0], bundle["argv"], bundle["env"])
+        if bundle["entry"] is None:
+            # What pid 1 ignores, a program must not inherit ignored (exec keeps SIG_IGN).
+            for number in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(number, signal.SIG_DFL)
+            os.execve(bundle["argv"][0], bundle["argv"], bundle["env"])
+        # A Python job in this interpreter, already started with the job's flags: as a
+        # fresh one, it has KeyboardInterrupt on SIGINT, the job's environment, and is dumpable.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(bundle["env"])
+        _prctl(_PR_SET_DUMPABLE, 1)
+        python_main.run_as_main(os.path.join(WORK_DIR, bundle["entry"]), bundle["args"])
     except BaseException:
         traceback.print_exc()
     os._exit(1)
@@ -112,11 +123,22 @@ def _mark(token: bytes, status: int) -> None:
             data = data[os.write(fd, data) :]
 
 
+def _prctl(option: int, value: int) -> None:
+    if ctypes.CDLL(None).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(f"prctl({option}, {value}) failed")
+
+
+def _load(source: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+    return module
+
+
 def main() -> NoReturn:
     # pid 1 gets no signal from its own namespace that it has no handler for: none, now.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError("prctl(PR_SET_DUMPABLE) failed: the token would be readable")
+    _prctl(_PR_SET_DUMPABLE, 0)  # before any token comes: nobody of the job can read it
+    python_main = _load(sys.argv[1], "python_main")  # the source comes as our argument
     os.chdir(WORK_DIR)
     os.write(1, READY)
     while True:
@@ -126,7 +148,7 @@ def main() -> NoReturn:
         except OSError:
             program = -1
         if program == 0:
-            _become_program(bundle)
+            _become_program(bundle, python_main)
         token = _read_exactly(TOKEN_BYTES)  # after the fork: the program never had it
         status = SETUP_FAILED if program < 0 else _wait_for(program)
         _kill_the_rest()

@@ -26,6 +26,7 @@ SANDBOX_USER = "65534:65534"
 WORK_DIR = "/work"
 _NANO_CPUS_PER_CORE = 1_000_000_000
 _KEEPER = Path(__file__).with_name("docker_keeper.py").read_text()
+_PYTHON_MAIN = Path(__file__).with_name("python_main.py").read_text()
 
 
 class DockerSettings(BaseSettings):
@@ -52,7 +53,8 @@ def _create_kwargs(settings: DockerSettings, limits: ExecLimits) -> dict[str, ob
         "image": settings.image,
         # No docker-init: the keeper is pid 1 itself (it reaps the job's orphans), so that the
         # job, the same uid, cannot kill it; see docker_keeper.py.
-        "command": ["/usr/bin/python3", "-E", "-s", "-u", "-c", _KEEPER],
+        # Its interpreter runs Python jobs too: started with their flags (see runtimes.py).
+        "command": ["/usr/bin/python3", "-E", "-s", "-u", "-c", _KEEPER, _PYTHON_MAIN],
         "stdin_open": True,
         # Output reaches the worker over the attach stream; no copy of it on the engine's disk.
         "log_config": {"type": "none"},

@@ -263,3 +263,34 @@ def test_a_keeper_that_does_not_start_is_refused(engine: docker.DockerClient) ->
     with pytest.raises(KeeperError, match="did not start: b'no"):
         Attached.open(engine, create)
     assert sandboxes(engine, "t-broken-keeper") == []  # and removed
+
+
+async def test_a_python_job_in_the_keepers_interpreter_reads_as_python3s(
+    pooled: DockerSandbox,
+) -> None:
+    code = (
+        "import atexit, os, signal, sys, threading, time\n"
+        "print(__name__, __file__, sys.argv, sys.path[0], sys.flags.ignore_environment)\n"
+        "print(sorted(os.environ), os.getcwd(), input())\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done'))).start()\n"
+    )
+    spec = ExecSpec(job_id="j-fresh", language="python", code=code, args=["a"], stdin="in\n")
+    result = await pooled.run(spec, ignore)
+    assert result.stdout.splitlines() == [
+        "__main__ /work/main.py ['main.py', 'a'] /work 1",
+        "['HOME', 'LANG', 'PATH'] /work in",
+        "True",
+        "thread done",
+        "atexit ran",
+    ], result
+    crash = await run(pooled, "def f():\n    1 / 0\nf()")
+    assert crash.exit_code == 1 and crash.stderr.startswith(
+        'Traceback (most recent call last):\n  File "/work/main.py", line 3, in <module>\n'
+    ), crash.stderr
+    assert "<string>" not in crash.stderr  # nothing of the keeper's own frames
+    worded = await run(pooled, "raise SystemExit('bye')")
+    assert (worded.exit_code, worded.stderr) == (1, "bye\n")
+    interrupted = await run(pooled, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)")
+    assert "KeyboardInterrupt" in interrupted.stderr and interrupted.signal == "SIGINT"
