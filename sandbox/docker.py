@@ -228,9 +228,7 @@ class DockerSandbox:
             files, argv = {}, [BINARY, *spec.args]
         # A Python job runs in the keeper's started interpreter, in the process forked for it.
         entry = runtime.entry_file if runtime.forkable else None
-        ran = await self._step(
-            attached, files, argv, spec.stdin, spec.limits, output, (entry, spec.args)
-        )
+        ran = await self._step(attached, files, argv, spec.stdin, spec.limits, output, entry)
         return self._result(ran, output, spec.limits)
 
     @staticmethod
@@ -246,12 +244,12 @@ class DockerSandbox:
         stdin: str,
         limits: ExecLimits,
         output: OutputCollector,
-        in_process: tuple[str | None, list[str]] = (None, []),
+        python_entry: str | None = None,
     ) -> _Ran:
         """One program run by the container's keeper, to its end or to `limits`.
 
-        `in_process` names a Python entry file (and its args) to run in the keeper's
-        interpreter instead of `argv`.
+        With `python_entry`, the keeper's interpreter runs that file with `argv`'s arguments,
+        as `argv` would, instead of `exec`ing `argv`.
         """
         token = secrets.token_hex(_TOKEN_BYTES).encode()
         bundle = marshal.dumps(
@@ -261,8 +259,7 @@ class DockerSandbox:
                 "env": _SANDBOX_ENV,
                 "stdin": stdin,
                 "cpu_s": math.ceil(limits.cpu_time_s),
-                "entry": in_process[0],
-                "args": in_process[1],
+                "entry": python_entry,
             }
         )
         before = _Usage.of(attached.container.id)  # the keeper's start, an earlier step's

@@ -85,7 +85,8 @@ def _become_program(bundle: dict[str, Any], python_main: types.ModuleType) -> No
         os.environ.clear()
         os.environ.update(bundle["env"])
         _prctl(_PR_SET_DUMPABLE, 1)
-        python_main.run_as_main(os.path.join(WORK_DIR, bundle["entry"]), bundle["args"])
+        argv, entry = bundle["argv"], bundle["entry"]
+        python_main.run_as_main(os.path.join(WORK_DIR, entry), argv[argv.index(entry) + 1 :])
     except BaseException:
         traceback.print_exc()
     os._exit(1)

@@ -129,7 +129,13 @@ class ContainerPool:
             self._default.processes,
             self._default.disk_mb,
         )
-        while fits_pool and not self._ready.empty():
+        while fits_pool:
+            if self._ready.empty():
+                if not self._filling:
+                    break
+                # One on its way is ready sooner than one made now, which would slow both.
+                await asyncio.wait(set(self._filling), return_when=asyncio.FIRST_COMPLETED)
+                continue
             attached = self._ready.get_nowait()
             self.refill()
             if not attached.alive:
