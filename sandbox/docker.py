@@ -18,8 +18,7 @@ import secrets
 import signal
 import time
 from contextlib import suppress
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -28,7 +27,8 @@ import requests
 from sandbox.base import register
 from sandbox.docker_attach import Attached, EndMark
 from sandbox.docker_keeper import HEADER_DIGITS, SETUP_FAILED, TOKEN_BYTES
-from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings
+from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings, memory_limit
+from sandbox.docker_usage import Usage
 from sandbox.errors import SandboxUnavailableError
 from sandbox.files import check_file_names
 from sandbox.models import (
@@ -45,39 +45,8 @@ from sandbox.runtimes import BINARY, COMPILE_LIMITS, RUNTIMES, Runtime, parse_ve
 
 _SIGNAL_BASE = 128
 _DRAIN_AFTER_KILL_S = 0.5  # output still in flight when the container is killed
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 _TOKEN_BYTES = TOKEN_BYTES // 2  # random bytes, sent as hex digits
-
-
-@dataclass(frozen=True)
-class _Usage:
-    """What the container's cgroup says, when the engine is local (cgroupfs driver)."""
-
-    local: bool
-    cpu_time_s: float = 0.0
-    memory_peak_mb: float = 0.0
-    oom_killed: bool = False
-
-    @classmethod
-    def of(cls, container_id: str) -> _Usage:
-        memory = _CGROUP_ROOT / "memory" / "docker" / container_id
-        cpu = _CGROUP_ROOT / "cpuacct" / "docker" / container_id
-        try:
-            return cls(
-                local=True,
-                cpu_time_s=round(int((cpu / "cpuacct.usage").read_text()) / 1e9, 4),
-                memory_peak_mb=round(
-                    int((memory / "memory.max_usage_in_bytes").read_text()) / 2**20, 2
-                ),
-                oom_killed="oom_kill 0" not in (memory / "memory.oom_control").read_text(),
-            )
-        except (OSError, ValueError):
-            return cls(local=False)  # a remote engine's cgroups are not ours to read
-
-    def since(self, before: _Usage) -> _Usage:
-        """The CPU time spent after `before`; the memory peak is the container's."""
-        return replace(self, cpu_time_s=round(self.cpu_time_s - before.cpu_time_s, 4))
 
 
 # API 1.41 is Docker 20.10's; engines from 20.10 on speak it. Pinned, so that creating the
@@ -91,7 +60,7 @@ class _Ran:
 
     code: int | None  # None when we killed it, or when its container stopped under it
     timed_out: bool
-    usage: _Usage
+    usage: Usage
     wall_time_s: float
     lost: bool = False  # the container stopped before the keeper could report the end
 
@@ -233,7 +202,7 @@ class DockerSandbox:
 
     @staticmethod
     async def _set_memory(attached: Attached, memory_mb: int) -> None:
-        memory = f"{memory_mb}m"
+        memory = memory_limit(memory_mb)
         await asyncio.to_thread(attached.container.update, mem_limit=memory, memswap_limit=memory)
 
     async def _step(
@@ -262,7 +231,7 @@ class DockerSandbox:
                 "entry": python_entry,
             }
         )
-        before = _Usage.of(attached.container.id)  # the keeper's start, an earlier step's
+        before = Usage.of(attached.container.id)  # the keeper's start, an earlier step's
         started = time.monotonic()
         # The token last: the keeper reads it only once the program is forked.
         step = f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle + token
@@ -304,7 +273,7 @@ class DockerSandbox:
         finally:
             finished = ended.done() and not ended.cancelled() and ended.exception() is None
             # Read the container's cgroup while it still exists: killing removes it.
-            usage = _Usage.of(attached.container.id)
+            usage = Usage.of(attached.container.id)
             if not finished:
                 # Kill the whole container: daemons, stopped and SIGTERM-ignoring processes.
                 with suppress(docker.errors.DockerException):
@@ -319,16 +288,16 @@ class DockerSandbox:
         code = routing.result() if finished else None
         if finished and code is None:  # the container stopped under the job: was it the OOM?
             return _Ran(None, False, await self._stopped_usage(attached), wall_time_s, lost=True)
-        return _Ran(code, not done, usage.since(before), wall_time_s)
+        return _Ran(code, not done, usage.since(before, attached.keeper_mb), wall_time_s)
 
     @staticmethod
-    async def _stopped_usage(attached: Attached) -> _Usage:
+    async def _stopped_usage(attached: Attached) -> Usage:
         """A stopped container's cgroup is gone; the engine still knows of an OOM kill."""
         try:
             await asyncio.to_thread(attached.container.reload)
         except docker.errors.DockerException:
-            return _Usage(local=False)
-        return _Usage(local=False, oom_killed=bool(attached.container.attrs["State"]["OOMKilled"]))
+            return Usage(local=False)
+        return Usage(local=False, oom_killed=bool(attached.container.attrs["State"]["OOMKilled"]))
 
     def _result(self, ran: _Ran, output: OutputCollector, limits: ExecLimits) -> ExecResult:
         usage, code = ran.usage, ran.code

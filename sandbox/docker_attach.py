@@ -44,6 +44,7 @@ class Attached:
         # The SDK wraps the connection's socket; reading and writing need the socket itself.
         self._raw: socket.socket = getattr(sock, "_sock", sock)
         self.frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self.keeper_mb = 0.0  # the keeper's own memory, where its cgroup can be read
         self._pump: threading.Thread | None = None
 
     @classmethod

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandbox.docker_attach import Attached
+from sandbox.docker_usage import memory_now_mb
 from sandbox.models import ExecLimits
 from sandbox.seccomp import docker_profile
 
@@ -25,6 +26,9 @@ LABEL_OWNER = "crucible.worker"
 SANDBOX_USER = "65534:65534"
 WORK_DIR = "/work"
 _NANO_CPUS_PER_CORE = 1_000_000_000
+# The keeper's python3 at rest uses ~5.5 MB of the container's memory (measured): added to
+# the limit, so that the job keeps its whole `memory_mb`, as with no keeper.
+KEEPER_MEMORY_MB = 6
 _KEEPER = Path(__file__).with_name("docker_keeper.py").read_text()
 _PYTHON_MAIN = Path(__file__).with_name("python_main.py").read_text()
 
@@ -45,8 +49,13 @@ class DockerSettings(BaseSettings):
     )
 
 
+def memory_limit(memory_mb: int) -> str:
+    """A container's memory limit for a job's `memory_mb`: the keeper's own comes on top."""
+    return f"{memory_mb + KEEPER_MEMORY_MB}m"
+
+
 def _create_kwargs(settings: DockerSettings, limits: ExecLimits) -> dict[str, object]:
-    memory = f"{limits.memory_mb}m"
+    memory = memory_limit(limits.memory_mb)
     tmpfs = f"size={limits.disk_mb}m,mode=1777,nosuid,nodev"
     # Compiled programs are written to /tmp and run from there: it may not be noexec.
     kwargs: dict[str, object] = {
@@ -103,6 +112,8 @@ class ContainerPool:
     async def _create(self, limits: ExecLimits) -> Attached:
         kwargs = _create_kwargs(self._settings, limits)
         attached = await asyncio.to_thread(Attached.open, self._client, kwargs)
+        # What the keeper holds before any job, not to be counted as the job's.
+        attached.keeper_mb = memory_now_mb(attached.container.id)
         if not attached.tls:
             # Read from now on: a container that dies in the pool is seen, and skipped. Over
             # TLS the socket is read only once the job is written, never both at once.
@@ -142,7 +153,7 @@ class ContainerPool:
                 self.discard(attached)  # stopped while it waited (killed, the engine restarted)
                 continue
             if limits.memory_mb != self._default.memory_mb:
-                memory = f"{limits.memory_mb}m"
+                memory = memory_limit(limits.memory_mb)
                 await asyncio.to_thread(
                     attached.container.update, mem_limit=memory, memswap_limit=memory
                 )
