@@ -2,8 +2,11 @@
 
 Containers have no network, no capabilities, no-new-privileges, a read-only root, tmpfs work
 dirs with a size, memory, pids and CPU limits, uid 65534, and optionally another runtime
-(gVisor's `runsc`). The job travels in over the exec's stdin (see `docker_boot.py`): nothing
-is copied through the host's filesystem. DOCKER_HOST may name a remote engine (mutual TLS).
+(gVisor's `runsc`). Each container's main process is a keeper (`docker_keeper.py`) that the
+worker attached to before starting it (`docker_attach.py`): a job travels down the open attach
+stream, its output comes back on it, and the keeper's end mark says how it ended, so a job
+costs no call to the engine. Nothing is copied through the host's filesystem. DOCKER_HOST may
+name a remote engine (mutual TLS).
 """
 
 from __future__ import annotations
@@ -11,23 +14,21 @@ from __future__ import annotations
 import asyncio
 import marshal
 import math
+import secrets
 import signal
-import socket
-import struct
-import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
 import requests
-from docker.models.containers import Container
 
 from sandbox.base import register
-from sandbox.docker_boot import BOOT, HEADER_DIGITS, LAUNCH
-from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings
+from sandbox.docker_attach import Attached, EndMark
+from sandbox.docker_keeper import HEADER_DIGITS, SETUP_FAILED, TOKEN_BYTES
+from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings, memory_limit
+from sandbox.docker_usage import Usage
 from sandbox.errors import SandboxUnavailableError
 from sandbox.files import check_file_names
 from sandbox.models import (
@@ -42,67 +43,10 @@ from sandbox.models import (
 from sandbox.output import OutputCollector
 from sandbox.runtimes import BINARY, COMPILE_LIMITS, RUNTIMES, Runtime, parse_version
 
-_FRAME_HEADER = struct.Struct(">BxxxL")  # docker's multiplexed stream: kind, size
-_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
-_READ_BYTES = 65536
 _SIGNAL_BASE = 128
-_EXIT_POLL_S = 0.02
-_DRAIN_AFTER_EXIT_S = 0.5  # output still in flight when the process has exited
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_DRAIN_AFTER_KILL_S = 0.5  # output still in flight when the container is killed
 _SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
-
-
-def _pump(
-    raw: socket.socket,
-    loop: asyncio.AbstractEventLoop,
-    queue: asyncio.Queue[tuple[Stream, bytes] | None],
-) -> None:
-    """Blocking: demultiplex the exec's socket into (stream, bytes) items; None at the end."""
-    buffer = b""
-    try:
-        while True:
-            data = raw.recv(_READ_BYTES)
-            if not data:
-                break
-            buffer += data
-            while len(buffer) >= _FRAME_HEADER.size:
-                kind, size = _FRAME_HEADER.unpack_from(buffer)
-                if len(buffer) < _FRAME_HEADER.size + size:
-                    break
-                payload = buffer[_FRAME_HEADER.size : _FRAME_HEADER.size + size]
-                buffer = buffer[_FRAME_HEADER.size + size :]
-                if kind in _STREAMS:
-                    loop.call_soon_threadsafe(queue.put_nowait, (_STREAMS[kind], payload))
-    except OSError:
-        pass  # the container was killed under us: the end of the output
-    finally:
-        loop.call_soon_threadsafe(queue.put_nowait, None)
-
-
-@dataclass(frozen=True)
-class _Usage:
-    """What the container's cgroup says, when the engine is local (cgroupfs driver)."""
-
-    local: bool
-    cpu_time_s: float = 0.0
-    memory_peak_mb: float = 0.0
-    oom_killed: bool = False
-
-    @classmethod
-    def of(cls, container_id: str) -> _Usage:
-        memory = _CGROUP_ROOT / "memory" / "docker" / container_id
-        cpu = _CGROUP_ROOT / "cpuacct" / "docker" / container_id
-        try:
-            return cls(
-                local=True,
-                cpu_time_s=round(int((cpu / "cpuacct.usage").read_text()) / 1e9, 4),
-                memory_peak_mb=round(
-                    int((memory / "memory.max_usage_in_bytes").read_text()) / 2**20, 2
-                ),
-                oom_killed="oom_kill 0" not in (memory / "memory.oom_control").read_text(),
-            )
-        except (OSError, ValueError):
-            return cls(local=False)  # a remote engine's cgroups are not ours to read
+_TOKEN_BYTES = TOKEN_BYTES // 2  # random bytes, sent as hex digits
 
 
 # API 1.41 is Docker 20.10's; engines from 20.10 on speak it. Pinned, so that creating the
@@ -112,28 +56,13 @@ _API_VERSION = "1.41"
 
 @dataclass(frozen=True)
 class _Ran:
-    """How one exec ended."""
+    """How one step ended."""
 
-    code: int | None  # None when we killed it
+    code: int | None  # None when we killed it, or when its container stopped under it
     timed_out: bool
-    usage: _Usage
+    usage: Usage
     wall_time_s: float
-
-
-async def _exit_code(api: docker.APIClient, exec_id: str, output_ended: asyncio.Future[Any]) -> int:
-    """The exec's exit status, once its process has ended."""
-    while True:
-        info = await asyncio.to_thread(api.exec_inspect, exec_id)
-        # Not running with no exit code yet means not started yet: the engine starts it async.
-        if not info["Running"] and info["ExitCode"] is not None:
-            code: int = info["ExitCode"]
-            return code
-        if output_ended.done():
-            await asyncio.sleep(_EXIT_POLL_S)
-        else:
-            # Output usually ends as the process does: then look again at once, not a poll
-            # interval later (once only: a process may close its output and run on).
-            await asyncio.wait({output_ended}, timeout=_EXIT_POLL_S)
+    lost: bool = False  # the container stopped before the keeper could report the end
 
 
 def _engine() -> docker.DockerClient:
@@ -234,27 +163,27 @@ class DockerSandbox:
                 verdict=Verdict.INTERNAL_ERROR,
                 reason=f"{spec.language} is not available in image {self._settings.image}",
             )
-        container = await self._pool.take(spec.limits)
+        attached = await self._pool.take(spec.limits)
         try:
-            return await self._execute(container, spec, runtime, on_output)
+            return await self._execute(attached, spec, runtime, on_output)
         finally:
-            self._pool.discard(container)  # used once; removed off the job's critical path
+            self._pool.discard(attached)  # used once; removed off the job's critical path
 
     async def _execute(
-        self, container: Container, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
+        self, attached: Attached, spec: ExecSpec, runtime: Runtime, on_output: OutputSink
     ) -> ExecResult:
         check_file_names(list(spec.files), runtime.entry_file)
         output = OutputCollector(on_output, spec.limits.output_bytes)
         files = {runtime.entry_file: spec.code, **spec.files}
-        cpu_before_s = 0.0
         if not runtime.compiled:
             argv = runtime.argv(spec.args)
         else:
             # A compile step of its own, under its own limits, before any of the job's code
             # runs: its exit status cannot be faked by the program.
-            await self._set_memory(container, max(COMPILE_LIMITS.memory_mb, spec.limits.memory_mb))
-            built = await self._exec(
-                container, files, runtime.compile_argv(), "", COMPILE_LIMITS, output
+            memory_mb = max(COMPILE_LIMITS.memory_mb, spec.limits.memory_mb)
+            await self._set_memory(attached, memory_mb)
+            built = await self._step(
+                attached, files, runtime.compile_argv(), "", COMPILE_LIMITS, output
             )
             if built.code != 0 or output.overflowed.is_set():
                 reason = "compilation exceeded its time limit" if built.timed_out else None
@@ -264,100 +193,115 @@ class DockerSandbox:
                         "reason": reason or "compilation failed",
                     }
                 )
-            await self._set_memory(container, spec.limits.memory_mb)
+            await self._set_memory(attached, spec.limits.memory_mb)
             files, argv = {}, [BINARY, *spec.args]
-            cpu_before_s = built.usage.cpu_time_s
-        ran = await self._exec(container, files, argv, spec.stdin, spec.limits, output)
-        return self._result(ran, output, spec.limits, cpu_before_s)
+        # A Python job runs in the keeper's started interpreter, in the process forked for it.
+        entry = runtime.entry_file if runtime.forkable else None
+        ran = await self._step(attached, files, argv, spec.stdin, spec.limits, output, entry)
+        return self._result(ran, output, spec.limits)
 
     @staticmethod
-    async def _set_memory(container: Container, memory_mb: int) -> None:
-        memory = f"{memory_mb}m"
-        await asyncio.to_thread(container.update, mem_limit=memory, memswap_limit=memory)
+    async def _set_memory(attached: Attached, memory_mb: int) -> None:
+        memory = memory_limit(memory_mb)
+        await asyncio.to_thread(attached.container.update, mem_limit=memory, memswap_limit=memory)
 
-    async def _exec(
+    async def _step(
         self,
-        container: Container,
+        attached: Attached,
         files: dict[str, str],
         argv: list[str],
         stdin: str,
         limits: ExecLimits,
         output: OutputCollector,
+        python_entry: str | None = None,
     ) -> _Ran:
-        """One exec in the container, run to its end or to `limits`, output into `output`."""
-        api = container.client.api
-        cpu_s = math.ceil(limits.cpu_time_s)
-        exec_id = await asyncio.to_thread(
-            api.exec_create,
-            container.id,
-            ["/bin/sh", "-c", LAUNCH.format(cpu_s=cpu_s, hard_cpu_s=cpu_s + 1), BOOT],
-            stdin=True,
-            user="65534:65534",
-            workdir=WORK_DIR,
-            environment={},
+        """One program run by the container's keeper, to its end or to `limits`.
+
+        With `python_entry`, the keeper's interpreter runs that file with `argv`'s arguments,
+        as `argv` would, instead of `exec`ing `argv`.
+        """
+        token = secrets.token_hex(_TOKEN_BYTES).encode()
+        bundle = marshal.dumps(
+            {
+                "files": files,
+                "argv": argv,
+                "env": _SANDBOX_ENV,
+                "stdin": stdin,
+                "cpu_s": math.ceil(limits.cpu_time_s),
+                "entry": python_entry,
+            }
         )
-        sock = await asyncio.to_thread(api.exec_start, exec_id["Id"], socket=True)
-        # The SDK wraps the connection's socket; reading and writing need the socket itself.
-        raw: socket.socket = getattr(sock, "_sock", sock)
-        bundle = marshal.dumps({"files": files, "argv": argv, "env": _SANDBOX_ENV, "stdin": stdin})
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
+        before = Usage.of(attached.container.id)  # the keeper's start, an earlier step's
         started = time.monotonic()
-        # All of it before any reading: a TLS socket must not be used by two threads at once.
-        await asyncio.to_thread(raw.sendall, f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle)
-        pump = threading.Thread(target=_pump, args=(raw, loop, queue), daemon=True)
-        pump.start()
+        # The token last: the keeper reads it only once the program is forked.
+        step = f"{len(bundle):0{HEADER_DIGITS}d}".encode() + bundle + token
+        await asyncio.to_thread(attached.send, step)
+        attached.listen(asyncio.get_running_loop())  # over TLS, only now (see the pool)
         # A reader per stream, so OutputCollector reads Docker's output as it reads pipes.
         feeds: dict[Stream, asyncio.StreamReader] = {
             "stdout": asyncio.StreamReader(),
             "stderr": asyncio.StreamReader(),
         }
+        marks = {name: EndMark(token) for name in feeds}
         readers = [asyncio.create_task(output.read(name, feed)) for name, feed in feeds.items()]
 
-        async def route() -> None:
-            while (item := await queue.get()) is not None:
-                feeds[item[0]].feed_data(item[1])
-            for feed in feeds.values():
-                feed.feed_eof()
+        async def route() -> int | None:
+            """The step's status from the keeper's marks; None if the stream ended first."""
+            while not all(mark.found for mark in marks.values()):
+                item = await attached.frames.get()
+                if item is None:
+                    for name, feed in feeds.items():
+                        feed.feed_data(marks[name].rest())
+                        feed.feed_eof()
+                    return None
+                name, data = item
+                if not marks[name].found:
+                    feeds[name].feed_data(marks[name].feed(data))
+                    if marks[name].found:
+                        feeds[name].feed_eof()
+            return marks["stdout"].status
 
         routing = asyncio.create_task(route())
         overflow = asyncio.create_task(output.overflowed.wait())
         ended: asyncio.Future[Any] = asyncio.gather(routing, *readers)
-        exited = asyncio.create_task(_exit_code(api, exec_id["Id"], ended))
         try:
             # The wall clock is enforced from out here, on the job's process, not its output:
-            # a daemon that keeps stdout open does not stretch the job.
+            # the keeper marks the end when the program exits, whatever it left running.
             done, _ = await asyncio.wait(
-                {exited, overflow},
-                timeout=limits.wall_time_s,
-                return_when=asyncio.FIRST_COMPLETED,
+                {ended, overflow}, timeout=limits.wall_time_s, return_when=asyncio.FIRST_COMPLETED
             )
-            if exited in done:
-                await asyncio.wait({ended}, timeout=_DRAIN_AFTER_EXIT_S)
         finally:
+            finished = ended.done() and not ended.cancelled() and ended.exception() is None
             # Read the container's cgroup while it still exists: killing removes it.
-            usage = _Usage.of(container.id)
-            if not ended.done():
+            usage = Usage.of(attached.container.id)
+            if not finished:
                 # Kill the whole container: daemons, stopped and SIGTERM-ignoring processes.
                 with suppress(docker.errors.DockerException):
-                    await asyncio.to_thread(container.kill)
+                    await asyncio.to_thread(attached.container.kill)
                 with suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(ended), _DRAIN_AFTER_EXIT_S)
-            pending = (ended, overflow, routing, exited, *readers)
-            code = exited.result() if exited.done() and not exited.cancelled() else None
+                    await asyncio.wait_for(asyncio.shield(ended), _DRAIN_AFTER_KILL_S)
+            pending = (ended, overflow, routing, *readers)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            with suppress(OSError):
-                raw.close()
-                sock.close()
-        return _Ran(code, not done, usage, time.monotonic() - started)
+        wall_time_s = time.monotonic() - started
+        code = routing.result() if finished else None
+        if finished and code is None:  # the container stopped under the job: was it the OOM?
+            return _Ran(None, False, await self._stopped_usage(attached), wall_time_s, lost=True)
+        return _Ran(code, not done, usage.since(before, attached.keeper_mb), wall_time_s)
 
-    def _result(
-        self, ran: _Ran, output: OutputCollector, limits: ExecLimits, cpu_before_s: float = 0.0
-    ) -> ExecResult:
+    @staticmethod
+    async def _stopped_usage(attached: Attached) -> Usage:
+        """A stopped container's cgroup is gone; the engine still knows of an OOM kill."""
+        try:
+            await asyncio.to_thread(attached.container.reload)
+        except docker.errors.DockerException:
+            return Usage(local=False)
+        return Usage(local=False, oom_killed=bool(attached.container.attrs["State"]["OOMKilled"]))
+
+    def _result(self, ran: _Ran, output: OutputCollector, limits: ExecLimits) -> ExecResult:
         usage, code = ran.usage, ran.code
-        cpu_time_s = round(usage.cpu_time_s - cpu_before_s, 4)
+        cpu_time_s = usage.cpu_time_s
         cpu_exceeded = usage.local and cpu_time_s >= limits.cpu_time_s
         wall_exceeded = ran.timed_out
         measured = ExecResult(
@@ -393,7 +337,9 @@ class DockerSandbox:
             return result(Verdict.MEMORY_LIMIT_EXCEEDED, "memory limit exceeded")
         if code == 0:
             return result(Verdict.ACCEPTED)
-        if code is None or code == 125:
+        if ran.lost:
+            return result(Verdict.INTERNAL_ERROR, "the job's container stopped under it")
+        if code is None or code == SETUP_FAILED:
             return result(Verdict.INTERNAL_ERROR, "the job could not be started in its container")
         if name:
             return result(Verdict.RUNTIME_ERROR, f"killed by {name}")

@@ -32,7 +32,7 @@ class Runtime:
     flags: tuple[str, ...]
     compiled: bool = False  # interpreter is a compiler: `flags` compile, then BINARY runs
     link_flags: tuple[str, ...] = ()  # after the source file, where the linker wants them
-    # Runs in the bwrap backend's fork server: the interpreter is already started (zygote.py).
+    # Runs in an interpreter already started: bwrap's fork server (zygote.py), Docker's keeper.
     forkable: bool = False
 
     def argv(self, args: list[str], phase_fd: int | None = None) -> list[str]:
