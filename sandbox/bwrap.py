@@ -197,10 +197,13 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
     )
 
 
-def _zygote_argv(control_fd: int, job_filter_fd: int, seccomp_fd: int) -> list[str]:
+def _zygote_argv(
+    control_fd: int, job_filter_fd: int, seccomp_fd: int, python_main_fd: int
+) -> list[str]:
     python = RUNTIMES["python"]
     # `-`: the program comes on stdin, so no file of ours shows in the sandbox.
-    command = [python.interpreter, *python.flags, "-", str(control_fd), str(job_filter_fd)]
+    fds = (control_fd, job_filter_fd, python_main_fd)
+    command = [python.interpreter, *python.flags, "-", *map(str, fds)]
     return [
         _tool("setpriv"),
         *_SETPRIV_FLAGS,

@@ -1,8 +1,8 @@
 """A Python job run in an interpreter already started, as `python3 -E -s -u <entry>` would run it.
 
-Standard library only: the Docker keeper (`docker_keeper.py`) receives this file's source and
-runs it inside the container, in the job's process, forked from the keeper's interpreter. The
-same as the bwrap fork server's `run_as_main` (`zygote_server.py`), which could share it.
+Standard library only: the Docker keeper (`docker_keeper.py`) and the bwrap fork server
+(`zygote_server.py`) each receive this file's source and run it in the job's process, forked
+from their already-started interpreter.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from sandbox.cgroups import JobCgroup
 from sandbox.errors import SandboxUnavailableError
 
 SERVER_SOURCE = Path(__file__).with_name("zygote_server.py")
+# How a job runs in the forked interpreter: shared with the Docker keeper.
+PYTHON_MAIN_SOURCE = Path(__file__).with_name("python_main.py")
 _START_TIMEOUT_S = 10.0
 _HELLO_TIMEOUT_S = 5.0
 _STATUS_BYTES = 4096
@@ -44,7 +46,7 @@ _SETTLED = struct.Struct("!cII")  # b"M", then the default sizes (MiB) of the di
 
 # Builds the zygote's command line from the fds it inherits: the control socket, the job
 # seccomp program, and the seccomp program bwrap applies to the zygote itself.
-ArgvFactory = Callable[[int, int, int], Sequence[str]]
+ArgvFactory = Callable[[int, int, int, int], Sequence[str]]
 
 
 class ZygoteJob(BaseModel):
@@ -252,6 +254,7 @@ class Zygote:
         filters = [
             _memfd("crucible-job-seccomp", self._job_filter),
             _memfd("crucible-zygote-seccomp", self._zygote_filter),
+            _memfd("crucible-python-main", PYTHON_MAIN_SOURCE.read_bytes()),
         ]
         inherited = [theirs.fileno(), *filters]
         source = _memfd("crucible-zygote", SERVER_SOURCE.read_bytes())

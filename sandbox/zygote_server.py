@@ -27,20 +27,16 @@ ended, then exits, which kills whatever the job left running.
 from __future__ import annotations
 
 import array
-import atexit
-import builtins
 import ctypes
 import fcntl
 import gc
 import importlib
-import importlib.machinery
 import json
 import os
 import resource
 import socket
 import struct
 import sys
-import threading
 import traceback
 import types
 from typing import Any, NoReturn
@@ -369,60 +365,17 @@ def become_init() -> None:
         os._exit(os.waitstatus_to_exitcode(status))
 
 
-def run_as_main(job: _Job) -> NoReturn:
-    """Run the job's entry file as `python3 -E -s -u <entry> <args>` would, in this process."""
-    path = os.path.join(WORK_DIR, job.entry)
-    main = types.ModuleType("__main__")
-    main.__file__ = path
-    main.__dict__["__builtins__"] = builtins
-    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
-    sys.modules["__main__"] = main
-    sys.argv = [job.entry, *job.args]
-    sys.orig_argv = [sys.executable, "-E", "-s", "-u", job.entry, *job.args]
-    sys.path[0] = WORK_DIR
-    try:
-        with open(path, "rb") as source:  # bytes: a coding cookie is honoured, as python3 does
-            code = compile(source.read(), path, "exec")
-        exec(code, main.__dict__)
-        status = 0
-    except SystemExit as exc:
-        status = _exit_status(exc)
-    except BaseException as exc:
-        # The traceback starts at the job's own code, as a fresh interpreter's would.
-        tb = exc.__traceback__
-        exc = exc.with_traceback(tb.tb_next if tb else None)
-        sys.excepthook(type(exc), exc, exc.__traceback__)
-        status = 1
-    _exit(status)
-
-
-def _exit_status(exc: SystemExit) -> int:
-    """What the interpreter makes of `sys.exit(code)`: an int as is, anything else printed."""
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF
-    print(exc.code, file=sys.stderr)
-    return 1
-
-
-def _exit(status: int) -> NoReturn:
-    """Leave as the interpreter does, less tearing down every module one by one.
-
-    A fresh interpreter's exit waits for non-daemon threads, runs atexit functions and
-    flushes stdout and stderr, then frees all it holds; that last part takes milliseconds
-    in a process forked with the zygote's imports, and nothing of it is visible to a job.
-    """
-    threading._shutdown()  # type: ignore[attr-defined] # what Py_FinalizeEx calls first
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            status = status or 120  # the interpreter's code for a flush that failed at exit
-    os._exit(status)
+def load_python_main(fd: int) -> types.ModuleType:
+    """`python_main.py` (how a job runs as `python3 -E -s -u <entry>` would run it, shared with
+    the Docker keeper), from the descriptor the worker passed: no file of ours in the sandbox."""
+    with os.fdopen(fd, "r", encoding="utf-8") as source:
+        module = types.ModuleType("python_main")
+        exec(compile(source.read(), "python_main.py", "exec"), module.__dict__)
+    return module
 
 
 if __name__ == "__main__":
     become_init()
-    run_as_main(Zygote(int(sys.argv[1]), int(sys.argv[2])).serve())
+    python_main = load_python_main(int(sys.argv[3]))
+    job = Zygote(int(sys.argv[1]), int(sys.argv[2])).serve()
+    python_main.run_as_main(os.path.join(WORK_DIR, job.entry), job.args)

@@ -87,6 +87,10 @@ async def test_exit_code_and_signal_are_reported(sandbox: Sandbox) -> None:
     assert (exited.exit_code, exited.signal) == (3, None)
     killed = await run(sandbox, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
     assert (killed.exit_code, killed.signal) == (None, "SIGSEGV")
+    # An uncaught KeyboardInterrupt ends python3 by SIGINT, started interpreters included.
+    interrupted = await run(sandbox, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)")
+    assert (interrupted.exit_code, interrupted.signal) == (None, "SIGINT")
+    assert "KeyboardInterrupt" in interrupted.stderr
 
 
 async def test_files_and_args(sandbox: Sandbox) -> None:
