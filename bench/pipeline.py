@@ -11,7 +11,10 @@
 3. Many concurrent SSE clients on one gateway following one job that prints a line every
    0.1 s: p99 delivery delay (stored -> received) and the gateway's RSS. The job starts once
    every client is connected (the workers are held until then), so that the delays are
-   those of live delivery, not of a replay to a client still connecting.
+   those of live delivery, not of a replay to a client still connecting. The clients are
+   `bench.sse_clients` (each read noted with its time, parsed after the job), so that
+   their CPU takes little from the gateway's on the same cores; the step lines show both
+   CPU costs per frame, and per line the worst first delivery and first-to-last spread.
 
 Medians over `--rounds` (for part 3, a fresh ticker job and client set each round); the
 machine is noisy, so only the ratios mean much.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -31,11 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
+import uvloop
 from nats.js import api
 
+from bench import sse_clients
 from bench.results import Figure, Goal, Recorder, Row, add_arguments
 from bench.stack_errors import distinct_errors
 from crucible.up import nats_server_binary
@@ -132,6 +139,12 @@ class FanOut:
     p99_all_s: float  # every event, replayed ones too
     rss_mib: float
     complete: int
+    client_cpu_us: float  # per frame, while the job ran: what measuring cost the machine
+    gateway_cpu_us: float  # per frame, while the job ran
+    # Per line of output, over the lines: its first client's delay (the way to the gateway
+    # and its first write), and the time from its first client to its last (the fan-out).
+    worst_first_s: float
+    worst_spread_s: float
 
 
 async def hold_workers(client: httpx.AsyncClient, stack: Stack, workers: int) -> list[str]:
@@ -163,54 +176,85 @@ async def hold_workers(client: httpx.AsyncClient, stack: Stack, workers: int) ->
 
 
 async def fan_out(stack: Stack, clients: int, workers: int) -> FanOut:
-    """Delivery delays, gateway RSS (MiB), and how many clients got every line."""
+    """Delivery delays, gateway RSS (MiB), how many clients got every line, and CPU per frame."""
     async with httpx.AsyncClient(headers=stack.headers(), timeout=120) as client:
         holds = await hold_workers(client, stack, workers)
         accepted = (await client.post(f"{stack.url}/v1/jobs", json=TICKER)).json()
     connected_all = asyncio.Event()
-    connected_count = 0
+    connected = 0
+
+    def on_response() -> None:
+        nonlocal connected
+        connected += 1
+        if connected == clients:
+            connected_all.set()
+
+    followers = [
+        asyncio.create_task(sse_clients.follow(accepted["events_url"], on_response))
+        for _ in range(clients)
+    ]
+    await _until(connected_all, followers)
+    (gateway,) = stack.processes("crucible gateway")
+    client_cpu, gateway_cpu = time.process_time(), _cpu_s(gateway)
+    async with httpx.AsyncClient(headers=stack.headers(), timeout=120) as client:
+        for url in holds:  # the job starts now
+            await client.post(f"{url}/cancel")
+    await asyncio.sleep(2)
+    rss = gateway_rss_mib(stack)
+    streams = await asyncio.wait_for(asyncio.gather(*followers), _STREAMS_TIMEOUT_S)
+    client_cpu, gateway_cpu = time.process_time() - client_cpu, _cpu_s(gateway) - gateway_cpu
     delays: list[float] = []
     live: list[float] = []
-    complete = 0
-    limits = httpx.Limits(max_connections=clients + 10)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as streams:
+    by_event: dict[float, list[float]] = {}
+    complete = frames = 0
+    for received in streams:
+        output = ""
+        connected_at = received.connected_at
+        for received_at, frame in received.frames():
+            frames += 1
+            if b"\r\nevent: stdout\r\n" in frame:
+                data = json.loads(frame[frame.index(b"data: ") + 6 :])
+                sent = datetime.fromisoformat(data["time"]).timestamp()
+                delays.append(received_at - sent)
+                by_event.setdefault(sent, []).append(delays[-1])
+                if sent >= connected_at:
+                    live.append(delays[-1])
+                output += data["data"]  # a chunk may hold several lines
+            elif b"\r\nevent: finished\r\n" in frame:
+                complete += output == TICKER_OUTPUT
+    return FanOut(
+        percentile(live, 0.99),
+        len(live),
+        percentile(delays, 0.99),
+        rss,
+        complete,
+        client_cpu / frames * 1e6,
+        gateway_cpu / frames * 1e6,
+        max(min(each) for each in by_event.values()),
+        max(max(each) - min(each) for each in by_event.values()),
+    )
 
-        async def follow() -> None:
-            nonlocal complete
-            output = ""
-            nonlocal connected_count
-            async with streams.stream("GET", accepted["events_url"]) as response:
-                response.raise_for_status()
-                connected = time.time()
-                connected_count += 1
-                if connected_count == clients:
-                    connected_all.set()
-                # Frames split by hand, not line by line: on two cores the clients' own CPU
-                # would otherwise add to the delays they measure.
-                pending = b""
-                async for chunk in response.aiter_bytes():
-                    *frames, pending = (pending + chunk).split(b"\r\n\r\n")
-                    for frame in frames:
-                        if b"\r\nevent: stdout\r\n" in frame:
-                            data = json.loads(frame[frame.index(b"data: ") + 6 :])
-                            sent = datetime.fromisoformat(data["time"]).timestamp()
-                            delays.append(time.time() - sent)
-                            if sent >= connected:
-                                live.append(delays[-1])
-                            output += data["data"]  # a chunk may hold several lines
-                        elif b"\r\nevent: finished\r\n" in frame:
-                            complete += output == TICKER_OUTPUT
-                            return
 
-        followers = [asyncio.create_task(follow()) for _ in range(clients)]
-        await connected_all.wait()
-        async with httpx.AsyncClient(headers=stack.headers(), timeout=120) as client:
-            for url in holds:  # the job starts now
-                await client.post(f"{url}/cancel")
-        await asyncio.sleep(2)
-        rss = gateway_rss_mib(stack)
-        await asyncio.gather(*followers)
-    return FanOut(percentile(live, 0.99), len(live), percentile(delays, 0.99), rss, complete)
+_STREAMS_TIMEOUT_S = 120.0
+
+
+async def _until(event: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    """Until `event` is set; a task that fails first (a client refused) raises its error."""
+    waiting = asyncio.create_task(event.wait())
+    try:
+        while not event.is_set():
+            done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {waiting}:
+                task.result()
+                raise sse_clients.StreamError("a stream ended before every client was connected")
+    finally:
+        waiting.cancel()
+
+
+def _cpu_s(pid: int) -> float:
+    """The process's user and system CPU time so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def gateway_rss_mib(stack: Stack) -> float:
@@ -339,7 +383,7 @@ def fanout_rows(stack: Stack, options: argparse.Namespace, recorder: Recorder) -
     p99s, rsses, short = [], [], []
     for number in range(1, options.rounds + 1):
         try:
-            result = asyncio.run(fan_out(stack, options.clients, options.workers))
+            result = uvloop.run(fan_out(stack, options.clients, options.workers))
             p99, rss, complete = result.p99_live_s, result.rss_mib, result.complete
         except Exception as exc:  # one client's broken stream ends the round, not the others
             short.append(f"round {number} broke: {brief(exc)}")
@@ -352,7 +396,10 @@ def fanout_rows(stack: Stack, options: argparse.Namespace, recorder: Recorder) -
         recorder.step(
             f"{options.clients} SSE clients, round {number}/{options.rounds}: p99 delivery "
             f"{p99 * 1000:,.0f} ms ({result.live:,} live deliveries), gateway RSS {rss:.0f} MiB, "
-            f"{complete} got the whole output"
+            f"{complete} got the whole output; CPU per frame: clients "
+            f"{result.client_cpu_us:.1f} us, gateway {result.gateway_cpu_us:.1f} us; worst line: "
+            f"first client {result.worst_first_s * 1000:,.0f} ms, first to last "
+            f"{result.worst_spread_s * 1000:,.0f} ms"
         )
     problem = "; ".join(short) or None
     benchmark = f"{options.clients:,} concurrent SSE clients on one gateway"

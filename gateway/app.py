@@ -30,7 +30,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.console import install_console
 from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
-from gateway.event_stream import EventStreamResponse, install_server_send
+from gateway.event_stream import DirectWrites, EventStreamResponse, install_server_send
 from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
 from gateway.rate_limit import RateLimiter
@@ -222,8 +222,10 @@ def create_app(
         def finished_view(stored: StoredEvent) -> JobView:
             return job_view(record, stored, stream_links)
 
+        direct = DirectWrites()
         return EventStreamResponse(
-            metrics.counted("job", job_event_stream(bus, record, after, finished_view)),
+            metrics.counted("job", job_event_stream(bus, record, after, finished_view, direct)),
+            direct=direct,
             ping=int(settings.sse_ping_s),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

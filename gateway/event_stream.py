@@ -12,15 +12,24 @@ straight to the server's own `send`, which `ServerSend` keeps in the scope.
 The contract that this relies on: no layer between `ServerSend` and the route rewrites a
 response body or holds back its start (a compressing middleware, or Starlette's
 `BaseHTTPMiddleware`, would have to be added outside it).
+
+One step further, `DirectWrites` lets a live tail write frames to the connection itself,
+without a turn of the client's task (`gateway.live_tail.Push`). That needs the connection,
+which ASGI does not give: it is the one place that knows uvicorn's httptools protocol (what
+`crucible gateway` runs), and under any other server it declines every write, so the frames
+take the way above.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ensure_bytes
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 SERVER_SEND = "crucible.server_send"
 _CLEANUP_TIMEOUT_S = 30.0  # as sse-starlette's: an interrupted stream's generator may clean up
@@ -49,14 +58,52 @@ def install_server_send(app: FastAPI) -> None:
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
+class DirectWrites:
+    """Writes a stream's frames to its connection at once, as one HTTP/1.1 chunk, whenever
+    the connection takes them without waiting (see `gateway.live_tail.Push`)."""
+
+    def __init__(self) -> None:
+        self._cycle: RequestResponseCycle | None = None
+
+    def bind(self, server_send: Send) -> None:
+        """Write to the connection that `server_send` (the server's own) sends to."""
+        cycle = getattr(server_send, "__self__", None)
+        # A HEAD response has no body to write into.
+        if isinstance(cycle, RequestResponseCycle) and cycle.scope["method"] != "HEAD":
+            self._cycle = cycle
+
+    def __call__(self, frames: bytes) -> bool:
+        cycle = self._cycle
+        if (
+            cycle is None
+            or not cycle.response_started  # the status line goes first, through the layers
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or cycle.disconnected
+            or cycle.flow.write_paused  # the client is slow: its task waits for the drain
+            or cycle.transport.is_closing()
+        ):
+            return False
+        # As uvicorn frames a body message (its `send`, without the await).
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(frames), frames))
+        return True
+
+
 class EventStreamResponse(EventSourceResponse):
     """sse-starlette's response (keep-alives, disconnect and shutdown handling, HEAD), with
-    its frames written straight to the server when `ServerSend` is installed."""
+    its frames written straight to the server when `ServerSend` is installed, and bound to
+    `direct` (which the stream's live tail may write to) when the server allows it."""
 
     _frames_send: Send
 
+    def __init__(self, *args: Any, direct: DirectWrites | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._direct = direct
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._frames_send = scope.get(SERVER_SEND, send)
+        if self._direct is not None and SERVER_SEND in scope:
+            self._direct.bind(scope[SERVER_SEND])
         await super().__call__(scope, receive, send)
 
     async def _stream_response(self, send: Send) -> None:

@@ -10,6 +10,14 @@ position the ring still covers, and then reads on from the ring: positions are s
 sequences, so the seam has no gap and no repeat. A slow client costs the others nothing:
 the tail never waits for a client, and memory stays within the ring's bounds.
 
+A client that has caught up and whose connection can take a write at once (`Push`) does
+not wait for its turn at all: the tail writes each new entry's frame to it directly, in one
+loop over such clients per batch of entries, and the client's task sleeps until the tail
+hands it back (at an entry each client renders itself, such as the final one, at the end, or
+when its connection's buffer is full, where the task waits for it to drain). With a thousand
+clients on a job, a line of output costs a thousand writes, not a thousand task wake-ups,
+each through a stack of generators, each with its write.
+
 The tail stops reading when it has made its final entry, and is torn down (its consumer
 deleted) when its last client leaves.
 """
@@ -60,6 +68,19 @@ class Entry(Protocol):
     @property
     def final(self) -> bool:
         """Nothing follows it: the stream ends here."""
+
+    @property
+    def shared_frame(self) -> bytes | None:
+        """Its frame when every client gets the same bytes (the tail may push it); None when
+        each client renders its own."""
+
+
+class Push(Protocol):
+    """A client's connection, written to by the tail without a turn of the client's task."""
+
+    def __call__(self, frames: bytes) -> bool:
+        """Write `frames` now if the connection takes them without waiting; False (nothing
+        written) if it cannot: its buffer is full, or it is gone."""
 
 
 E = TypeVar("E", bound=Entry)
@@ -146,6 +167,9 @@ class LiveTail(Generic[E]):
         self.error: BusUnavailableError | None = None
         self._more = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Clients at the live edge that the tail writes to itself, with what they wait on.
+        self._pushed: dict[Cursor[E], tuple[Push, asyncio.Future[None]]] = {}
+        self._push_due = False
 
     def start(self) -> None:
         LIVE_TAILS.labels(self._stream).inc()
@@ -191,10 +215,64 @@ class LiveTail(Generic[E]):
         # Clients that woke for one entry and find several send them in one write.
         self._more.set()
         self._more = asyncio.Event()
+        if self._pushed and not self._push_due:
+            # Soon, not now: the entries that came with the same read of the socket go out
+            # together, one write per client.
+            self._push_due = True
+            asyncio.get_running_loop().call_soon(self._push)
 
     async def wait(self) -> None:
         """Until the next entry (or the end)."""
         await self._more.wait()
+
+    async def pushed(self, cursor: Cursor[E], push: Push) -> None:
+        """Write the entries after `cursor` (which has caught up) through `push` as they
+        come, moving the cursor past them, until the tail hands the client back."""
+        released = asyncio.get_running_loop().create_future()
+        self._pushed[cursor] = (push, released)
+        try:
+            await released
+        finally:
+            self._pushed.pop(cursor, None)
+
+    def _push(self) -> None:
+        self._push_due = False
+        ring = self.ring
+        made: dict[int, tuple[bytes, int, int]] = {}  # per start: frames, next index, last seq
+        for cursor, (push, released) in list(self._pushed.items()):
+            start = cursor.index
+            if start < ring.base:
+                released.set_result(None)  # lapped: its task replays what it missed
+                continue
+            found = made.get(start)
+            if found is None:
+                found = made[start] = self._shared_from(start)
+            frames, stop, last_seq = found
+            if frames:
+                try:
+                    taken = push(frames)
+                except Exception as exc:  # one broken connection must not stop the others
+                    log.debug("a push to a client of %s failed: %r", self._stream, exc)
+                    taken = False
+                if not taken:
+                    released.set_result(None)  # its task waits for the connection instead
+                    continue
+                cursor.index, cursor.pushed_through = stop, last_seq
+            if stop < ring.end or self.ended:
+                released.set_result(None)  # an entry it renders itself, or the end
+
+    def _shared_from(self, start: int) -> tuple[bytes, int, int]:
+        """The frames of the entries from absolute `start` on up to the first that each
+        client renders itself, the index after them, and the last one's position."""
+        frames: list[bytes] = []
+        last_seq = 0
+        for entry in self.ring.since(start):
+            frame = entry.shared_frame
+            if frame is None or entry.final:
+                break
+            frames.append(frame)
+            last_seq = entry.seq
+        return b"".join(frames), start + len(frames), last_seq
 
 
 class Cursor(Generic[E]):
@@ -202,28 +280,33 @@ class Cursor(Generic[E]):
 
     def __init__(self, tail: LiveTail[E]) -> None:
         self._tail = tail
-        self._index = tail.ring.base
+        self.index = tail.ring.base  # absolute, in the tail's ring
+        self.pushed_through = 0  # the position of the last entry the tail pushed to it
 
     def rewind(self, after_seq: int) -> int:
         """Move to the first held entry after `after_seq`; the position from which on the
         ring has (or will have) every entry: anything before it must come from a replay."""
-        self._index = self._tail.ring.first_after(after_seq)
+        self.index = self._tail.ring.first_after(after_seq)
         return self._tail.first_seq
 
-    async def batches(self) -> AsyncIterator[list[E]]:
+    async def batches(self, push: Push | None = None) -> AsyncIterator[list[E]]:
         """The entries from the cursor on, as many at a time as there are, live, until the
-        final one; `Lapped` if the ring moves past the cursor while its client is busy."""
+        final one; `Lapped` if the ring moves past the cursor while its client is busy.
+        With `push`, what the tail can push to the client once it has caught up goes that
+        way instead (see `pushed_through`)."""
         tail = self._tail
         ring = tail.ring
         while True:
-            if self._index < ring.base:
+            if self.index < ring.base:
                 raise Lapped
-            if self._index < ring.end:
-                batch = ring.since(self._index)
-                self._index = ring.end
+            if self.index < ring.end:
+                batch = ring.since(self.index)
+                self.index = ring.end
                 yield batch
             elif tail.ended:
                 raise tail.error or BusUnavailableError("the event stream ended early")
+            elif push is not None:
+                await tail.pushed(self, push)
             else:
                 await tail.wait()
 
@@ -264,11 +347,13 @@ async def follow(
     after_seq: int,
     make: Callable[[], LiveTail[E]],
     replay: Source[E],
+    push: Push | None = None,
 ) -> AsyncIterator[list[E]]:
     """Every entry after stream position `after_seq`, each once and in order, up to and
     including the final one (which comes even when it is not after `after_seq`, so that a
     client that has seen everything still learns that the stream is over); in batches of
-    what is there to send at once."""
+    what is there to send at once. With `push`, entries every client gets alike may go
+    straight to the client's connection instead, in the same order."""
     replayed: set[str] = set()  # events that a replay sent: a re-publish in the ring is skipped
     async with tails.join(key, make) as cursor:
         while True:
@@ -285,7 +370,8 @@ async def follow(
                         if entry.final:
                             return
             try:
-                async for batch in cursor.batches():
+                # Not after a replay: the ring may hold a re-publish of an event it sent.
+                async for batch in cursor.batches(None if replayed else push):
                     if not replayed and batch[0].seq > after_seq:
                         sent = batch  # as it comes, the usual case
                     else:
@@ -300,4 +386,5 @@ async def follow(
                         if sent[-1].final:
                             return
             except Lapped:
+                after_seq = max(after_seq, cursor.pushed_through)
                 log.debug("a slow client of %s fell behind its live tail; it replays", key)

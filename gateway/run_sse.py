@@ -52,6 +52,10 @@ class RunEntry:
     finished: StoredEvent | None = None
     rendered: dict[str, bytes] = field(default_factory=dict)  # `finished` frames by job URL
 
+    @property
+    def shared_frame(self) -> None:
+        return None  # its `finished` comes first, with each client's own links
+
 
 class _Members:
     """The run's job ids, re-read when an event names a job appended since."""

@@ -21,7 +21,7 @@ from bus import FinishedEvent, JobRecord, decode_event, message_context
 from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.consumers import replay, tail
-from gateway.live_tail import LiveTail, Source, follow
+from gateway.live_tail import LiveTail, Push, Source, follow
 from gateway.schemas import JobView
 from gateway.views import queued_data
 
@@ -43,6 +43,10 @@ class JobEntry:
     frame: bytes  # empty for `finished`, which each client renders with its own links
     finished: StoredEvent | None = None
     rendered: dict[str, bytes] = field(default_factory=dict)  # `finished` frames by job URL
+
+    @property
+    def shared_frame(self) -> bytes | None:
+        return None if self.final else self.frame
 
 
 async def _entries(messages: AsyncIterator[Msg]) -> AsyncIterator[JobEntry]:
@@ -99,8 +103,10 @@ async def job_event_stream(
     record: JobRecord,
     last_event_id: int | None,
     finished_view: FinishedView,
+    push: Push | None = None,
 ) -> AsyncIterator[bytes]:
-    """Every event after `last_event_id` (all of them when None), ending after `finished`."""
+    """Every event after `last_event_id` (all of them when None), ending after `finished`;
+    with `push`, the live tail may write events straight to the client's connection."""
     tail_start_seq = 1
     if last_event_id is None:
         queued = queued_data(record).model_dump_json()
@@ -120,7 +126,8 @@ async def job_event_stream(
     def make() -> LiveTail[JobEntry]:
         return LiveTail("job", _source(bus, subject, live=True), tail_start_seq)
 
-    async for batch in follow(bus.tails, subject, after, make, _source(bus, subject, live=False)):
+    replay = _source(bus, subject, live=False)
+    async for batch in follow(bus.tails, subject, after, make, replay, push):
         end = batch[-1]
         frames = b"".join(entry.frame for entry in batch)  # `finished` adds nothing: it is last
         if not end.final:

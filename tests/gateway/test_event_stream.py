@@ -1,16 +1,22 @@
-"""Event streams' frames skip the app's layers; their start and end still go through them."""
+"""Event streams' frames skip the app's layers; their start and end still go through them.
+Under uvicorn's httptools server (what `crucible gateway` runs), a live tail may also write
+frames to the connection itself, which it declines when the connection cannot take them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI, HTTPException
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.event_stream import EventStreamResponse, install_server_send
+from gateway.event_stream import DirectWrites, EventStreamResponse, install_server_send
+from tests.stack import free_port
 
 FRAMES = [ServerSentEvent(id=str(i), event="stdout", data=f"line {i}").encode() for i in range(5)]
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -102,3 +108,92 @@ async def test_errors_before_the_stream_keep_their_status(direct: bool) -> None:
     assert seen[0]["status"] == 404
     assert seen[1]["body"] == missing.content  # the audit layer reads error bodies
     assert (await get(app, "/broken")).status_code == 500
+
+
+def direct_app(frames: Callable[[DirectWrites], AsyncIterator[bytes]]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/direct", response_model=None)
+    async def direct() -> EventStreamResponse:
+        writes = DirectWrites()
+        return EventStreamResponse(frames(writes), direct=writes, ping=15, headers=HEADERS)
+
+    install_server_send(app)
+    return app
+
+
+async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http="httptools", log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, task, f"http://127.0.0.1:{port}/direct"
+
+
+def every_other_frame_direct(taken: list[bool]) -> Callable[[DirectWrites], AsyncIterator[bytes]]:
+    async def frames(direct: DirectWrites) -> AsyncIterator[bytes]:
+        for number, frame in enumerate(FRAMES):
+            if number % 2 == 0:
+                yield frame
+            else:
+                taken.append(direct(frame))
+                if not taken[-1]:
+                    yield frame  # declined: it goes the usual way
+
+    return frames
+
+
+async def test_under_uvicorn_direct_writes_reach_the_wire_in_order() -> None:
+    taken: list[bool] = []
+    server, task, url = await serve(direct_app(every_other_frame_direct(taken)))
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url)
+            head = await client.head(url)
+    finally:
+        server.should_exit = True
+        await task
+    assert response.content == b"".join(FRAMES)
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert head.content == b""
+    assert taken == [True, True]  # a HEAD request does not run the stream
+
+
+async def test_elsewhere_direct_writes_are_declined() -> None:
+    taken: list[bool] = []
+    response = await get(direct_app(every_other_frame_direct(taken)), "/direct")
+    assert response.content == b"".join(FRAMES)
+    assert taken == [False, False]
+
+
+async def test_a_connection_that_does_not_read_makes_direct_writes_decline() -> None:
+    # The client reads nothing: once the kernel's buffers and uvicorn's are full, the
+    # connection cannot take a write without waiting, and a live tail must not push to it.
+    block = b"x" * 65536
+    written = 0
+    declined = asyncio.Event()
+
+    async def frames(direct: DirectWrites) -> AsyncIterator[bytes]:
+        nonlocal written
+        yield FRAMES[0]
+        while written < 256 * 1024 * 1024 and direct(block):
+            written += len(block)
+        declined.set()
+        yield FRAMES[1]
+
+    server, task, url = await serve(direct_app(frames))
+    host, port = url.split("/")[2].split(":")
+    reader = socket.create_connection((host, int(port)))
+    try:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(b"GET /direct HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        await asyncio.wait_for(declined.wait(), 10)
+    finally:
+        reader.close()
+        server.should_exit = True
+        await task
+    assert 0 < written < 256 * 1024 * 1024

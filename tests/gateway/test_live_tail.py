@@ -155,21 +155,44 @@ def parse(chunk: bytes) -> list[Seen]:
     return found
 
 
+class Connection:
+    """A client's connection as a live tail pushes to it: it takes every write, except
+    while `full` says its buffer is full (a slow reader), when the tail must hand the
+    client back to its task, which waits for it (`between`)."""
+
+    def __init__(self, events: list[Seen], full: Callable[[], bool] = lambda: False) -> None:
+        self.events = events
+        self.full = full
+        self.pushed_events = 0
+
+    def __call__(self, frames: bytes) -> bool:
+        if self.full():
+            return False
+        pushed = parse(frames)
+        self.events.extend(pushed)
+        self.pushed_events += len(pushed)
+        return True
+
+
 async def follow(
     bus: GatewayBus,
     record: JobRecord,
     last_event_id: int | None = None,
     got: list[Seen] | None = None,
     between: Callable[[list[Seen]], Awaitable[None]] | None = None,
+    push: Connection | None = None,
 ) -> list[Seen]:
-    """A client of the job's event stream, as the HTTP endpoint drives it."""
+    """A client of the job's event stream, as the HTTP endpoint drives it; with `push`, one
+    whose connection the tail can write to (the frames go to `push.events`, which must be
+    `got`)."""
     links = JobLinks(url=f"http://gateway/v1/jobs/{record.job_id}", events_url="http://gateway/")
 
     def finished_view(stored: StoredEvent) -> JobView:
         return job_view(record, stored, links)
 
     events = [] if got is None else got
-    async for chunk in job_event_stream(bus, record, last_event_id, finished_view):
+    assert push is None or push.events is events
+    async for chunk in job_event_stream(bus, record, last_event_id, finished_view, push):
         events.extend(parse(chunk))
         if between is not None:
             await between(events)
@@ -300,6 +323,64 @@ async def test_the_tail_is_torn_down_when_its_last_client_leaves_mid_job(
     await job.print("again\n")
     await job.finish()
     assert await follow(bus, job.record, last_event_id=job.seen[1][0]) == job.after(job.seen[1][0])
+
+
+async def test_clients_the_tail_pushes_to_get_every_event_once_whatever_their_buffers_do(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext, small_ring: None
+) -> None:
+    # Pushed clients whose buffers are never full, clients whose buffers fill at random
+    # (each time, the client goes back to its task, then to the tail again), one that stalls
+    # long enough to fall behind the ring (a replay), and joiners at random ids: each gets
+    # every event after its id once, in order, whichever way each one came.
+    job = Job(worker, new_record())
+    joins = random.Random(11)
+    buffers = random.Random(12)  # called as often as the timing makes it: its own
+
+    def full_at_random() -> bool:
+        return buffers.random() < 0.3
+
+    def client(
+        last_event_id: int | None, full: Callable[[], bool], between: Any = None
+    ) -> tuple[Connection, asyncio.Task[list[Seen]]]:
+        got: list[Seen] = []
+        connection = Connection(got, full)
+        task = asyncio.create_task(follow(bus, job.record, last_event_id, got, between, connection))
+        return connection, task
+
+    # It takes pushes up to line 10, then its buffer is full: back in its task, it stalls
+    # until the ring has moved past it, and replays from the last event pushed to it.
+    stalled_done = asyncio.Event()
+    stalling = [False]
+
+    async def stall(events: list[Seen]) -> None:
+        if stalling[0]:
+            await stalled_done.wait()
+
+    never_full = [client(None, lambda: False) for _ in range(5)]
+    filling = [(None, *client(None, full_at_random)) for _ in range(5)]
+    stalled = client(None, lambda: stalling[0], stall)
+    await job.start()
+    for line in range(200):
+        await job.print(f"line {line}\n")
+        stalling[0] = line >= 10
+        if joins.random() < 0.1:
+            last_event_id = joins.choice([None] + [seq for seq, _, _ in job.seen])
+            filling.append((last_event_id, *client(last_event_id, full_at_random)))
+        if line % 5 == 0:
+            await asyncio.sleep(0.005)
+    await job.finish()
+    for connection, task in never_full:
+        assert await task == job.seen
+        assert connection.pushed_events > len(job.seen) / 2  # most came without its task
+    assert len(filling) > 15
+    for last_event_id, _, task in filling:
+        assert await task == job.after(last_event_id), f"joined after {last_event_id}"
+    assert not stalled[1].done()
+    assert stalled[0].pushed_events > 5
+    stalled_done.set()
+    assert await stalled[1] == job.seen
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails)) == (0, 0)
 
 
 async def follow_run(
