@@ -5,6 +5,7 @@ import os
 from collections.abc import Sequence
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.environment_variables import (
@@ -86,7 +87,9 @@ def unexported_root_span(
         return None
     ids = _provider.id_generator
     trace_id = ids.generate_trace_id()
-    sampling = _provider.sampler.should_sample(None, trace_id, name, kind, attributes, links)
+    # An empty context, as the span has no parent: None would make ParentBased samplers
+    # take the caller's current span for one.
+    sampling = _provider.sampler.should_sample(Context(), trace_id, name, kind, attributes, links)
     flags = TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT
     if ids.is_trace_id_random():
         flags |= TraceFlags.RANDOM_TRACE_ID
