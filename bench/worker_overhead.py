@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from nats.aio.client import Client as NATS
 
 from bench.pipeline import bare_spawn_p50
 from bus import (
@@ -156,12 +157,12 @@ class Bench:
         worker = self.start_worker()
         try:
             await asyncio.wait_for(ready.wait(), _READY_TIMEOUT_S)
-            await self._enqueue(js, [_job()])  # warm-up: first sandbox, first imports
+            await self._enqueue(gateway, [_job()])  # warm-up: first sandbox, first imports
             latencies, phases = [], []
             for _ in range(samples):
                 job = _job()
                 started = time.perf_counter()
-                await self._enqueue(js, [job])
+                await self._enqueue(gateway, [job])
                 latencies.append(time.perf_counter() - started)
                 phases.append(self.phases[job.job_id])
             spawn = await asyncio.to_thread(bare_spawn_p50, samples)
@@ -178,7 +179,7 @@ class Bench:
             cpu0 = _cpu_s(worker.pid)
             spy = _start_profile(worker.pid, profile)
             started = time.perf_counter()
-            await self._enqueue(js, [_job() for _ in range(jobs)])
+            await self._enqueue(gateway, [_job() for _ in range(jobs)])
             elapsed = time.perf_counter() - started
             cpu = _cpu_s(worker.pid) - cpu0
             if spy is not None:
@@ -198,7 +199,7 @@ class Bench:
             await gateway.close()
             await watcher.close()
 
-    async def _enqueue(self, js: object, messages: list[JobMessage]) -> None:
+    async def _enqueue(self, nc: NATS, messages: list[JobMessage]) -> None:
         """Enqueue `messages` at once and wait until every one has finished."""
         waits = [self.finished.setdefault(m.job_id, asyncio.Event()) for m in messages]
         self.submitted.update((m.job_id, m.submitted_at) for m in messages)
@@ -206,7 +207,7 @@ class Bench:
             Outgoing(s.job_subject(m.tenant), m.model_dump_json().encode(), m.job_id)
             for m in messages
         ]
-        await publish_all(js, outgoing)  # type: ignore[arg-type]
+        await publish_all(nc, outgoing)
         await asyncio.gather(*(w.wait() for w in waits))
 
 

@@ -79,8 +79,13 @@ class GatewayBus:
         self.tails = LiveTails()  # the shared live tails of followed jobs and runs
 
     @property
+    def nc(self) -> NATS:
+        """The connection, for the run modules' pipelined publishes (`bus.publish_all`)."""
+        return self._nc
+
+    @property
     def js(self) -> JetStreamContext:
-        """The JetStream context, for the run modules' pipelined publishes and consumers."""
+        """The JetStream context, for the run modules' consumers."""
         return self._js
 
     @classmethod

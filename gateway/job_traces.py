@@ -12,6 +12,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, format
 
 from bus import subjects as s
 from observability import inject_headers
+from observability.tracing import unexported_root_span
 
 tracer = trace.get_tracer(__name__)
 
@@ -22,23 +23,7 @@ def job_traces(tenant: str, run_id: str, job_ids: list[str]) -> Iterator[list[Sp
     batch = trace.get_current_span().get_span_context()
     links = [Link(batch)] if batch.is_valid else []
     subject = s.job_subject(tenant)
-    spans = [
-        tracer.start_span(
-            f"publish {s.JOBS_STREAM}",
-            context=Context(),  # no parent: the job's own trace
-            kind=SpanKind.PRODUCER,
-            links=links,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "publish",
-                "messaging.destination.name": subject,
-                "messaging.message.id": job_id,
-                "crucible.job_id": job_id,
-                "crucible.run_id": run_id,
-            },
-        )
-        for job_id in job_ids
-    ]
+    spans = [_job_span(subject, run_id, job_id, links) for job_id in job_ids]
     try:
         yield spans
     except BaseException as exc:
@@ -48,6 +33,28 @@ def job_traces(tenant: str, run_id: str, job_ids: list[str]) -> Iterator[list[Sp
     finally:
         for span in spans:
             span.end()
+
+
+def _job_span(subject: str, run_id: str, job_id: str, links: list[Link]) -> Span:
+    name = f"publish {s.JOBS_STREAM}"
+    attributes = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "publish",
+        "messaging.destination.name": subject,
+        "messaging.message.id": job_id,
+        "crucible.job_id": job_id,
+        "crucible.run_id": run_id,
+    }
+    span = unexported_root_span(name, SpanKind.PRODUCER, links, attributes)
+    if span is not None:
+        return span
+    return tracer.start_span(
+        name,
+        context=Context(),  # no parent: the job's own trace
+        kind=SpanKind.PRODUCER,
+        links=links,
+        attributes=attributes,
+    )
 
 
 def span_trace_id(span: Span) -> str | None:

@@ -183,14 +183,14 @@ async def _enqueue_window(
         trace_ids = {i: span_trace_id(span) for i, span in zip(positions, spans, strict=True)}
         records = [_record_page(jobs, page, trace_ids) for page in pages]
         stored.extend(records)
-        await publish_all(bus.js, records)
+        await publish_all(bus.nc, records)
         payloads = _Payloads(jobs)
         subject = s.job_subject(jobs.tenant)
         queued = [
             Outgoing(subject, payloads.payload(job_id, jobs.specs[i]), job_id, span_headers(span))
             for i, job_id, span in zip(positions, job_ids, spans, strict=True)
         ]
-        await publish_all(bus.js, queued)
+        await publish_all(bus.nc, queued)
 
 
 async def enqueue(bus: GatewayBus, chunk: RunChunk, jobs: PreparedJobs) -> None:
@@ -234,7 +234,7 @@ async def _forget(bus: GatewayBus, tenant: str, chunk: RunChunk, pages: list[Out
     try:
         await bus.runs.delete_chunk(tenant, chunk.run_id, chunk.index)
         await publish_all(
-            bus.js, [kv_purge(page.subject, f"purge.{page.msg_id}") for page in pages]
+            bus.nc, [kv_purge(page.subject, f"purge.{page.msg_id}") for page in pages]
         )
     except Exception:
         log.exception("could not take back the records of run %s", chunk.run_id)

@@ -2,8 +2,10 @@
 ``OTEL_*`` environment so that deployments (Jaeger, a collector) need no code change."""
 
 import os
+from collections.abc import Sequence
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.environment_variables import (
@@ -18,7 +20,16 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import format_trace_id
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    format_trace_id,
+)
+from opentelemetry.util.types import Attributes
 
 _SPAN_QUEUE = 65_536
 _PROTOCOL_HTTP = "http/protobuf"
@@ -29,6 +40,7 @@ _EXPORTER_NONE = "none"
 # The provider this module installed; the OTel global can be set only once per process, so this
 # is also what makes setup_tracing idempotent.
 _provider: TracerProvider | None = None
+_exporting = False  # whether `_provider` sends its spans anywhere
 
 
 def setup_tracing(service_name: str) -> None:
@@ -38,7 +50,7 @@ def setup_tracing(service_name: str) -> None:
     still creates real trace ids (for logs and results) but sends nothing. Later calls do
     nothing. Raises ValueError for an exporter or protocol this platform does not ship.
     """
-    global _provider
+    global _provider, _exporting
     if _provider is not None or _env_flag(OTEL_SDK_DISABLED):
         return
     resource = Resource.create({SERVICE_NAME: os.environ.get(OTEL_SERVICE_NAME) or service_name})
@@ -48,6 +60,7 @@ def setup_tracing(service_name: str) -> None:
         # default queue (2,048) would drop spans: a 10,000-job run makes a span per job at once.
         queue = None if os.environ.get(OTEL_BSP_MAX_QUEUE_SIZE) else _SPAN_QUEUE
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(), max_queue_size=queue))
+        _exporting = True
     trace.set_tracer_provider(provider)
     _provider = provider
 
@@ -60,6 +73,34 @@ def shutdown_tracing() -> None:
     """
     if _provider is not None:
         _provider.shutdown()
+
+
+def unexported_root_span(
+    name: str, kind: SpanKind, links: Sequence[Link], attributes: Attributes
+) -> Span | None:
+    """The root of a new trace as this process's SDK would start it (ids, sampling decision,
+    flags) but non-recording, when nothing it records is exported; else None, and the caller
+    starts a real span. Recording a span that no one can see cost a run ~10 us per job,
+    while its ids (in results, and in the headers it gives what a job's worker records) are
+    the same either way."""
+    if _provider is None or _exporting:
+        return None
+    ids = _provider.id_generator
+    trace_id = ids.generate_trace_id()
+    # An empty context, as the span has no parent: None would make ParentBased samplers
+    # take the caller's current span for one.
+    sampling = _provider.sampler.should_sample(Context(), trace_id, name, kind, attributes, links)
+    flags = TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT
+    if ids.is_trace_id_random():
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    context = SpanContext(
+        trace_id,
+        ids.generate_span_id(),
+        is_remote=False,
+        trace_flags=TraceFlags(flags),
+        trace_state=sampling.trace_state,
+    )
+    return NonRecordingSpan(context)
 
 
 def current_trace_id() -> str | None:

@@ -311,3 +311,81 @@ def test_inject_copies_and_missing_headers_start_a_new_trace() -> None:
     for headers in (None, {}, {"traceparent": "garbage"}):
         context = extract_context(headers)
         assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+# A run's job spans (gateway.job_traces) under a batch span, next to a root span the SDK
+# itself starts: per job, whether it records, its trace id, its headers' traceparent.
+JOB_SPANS = 20
+JOB_TRACES_PROGRAM = (
+    f"JOBS = {JOB_SPANS}\n"
+    + """
+from opentelemetry import trace
+from opentelemetry.context import Context
+from gateway.job_traces import job_traces, span_headers, span_trace_id
+from observability import inject_headers, setup_tracing, shutdown_tracing
+setup_tracing("crucible-gateway")
+tracer = trace.get_tracer("t")
+with tracer.start_as_current_span("batch"):
+    with job_traces("local", "r-1", [f"j-{i}" for i in range(JOBS)]) as spans:
+        for span in spans:
+            traceparent = span_headers(span).get("traceparent")
+            print(span.is_recording(), span_trace_id(span), traceparent)
+sdk_root = tracer.start_span("root", context=Context())
+print("sdk", inject_headers(context=trace.set_span_in_context(sdk_root)).get("traceparent"))
+sdk_root.end()
+shutdown_tracing()
+"""
+)
+
+
+def job_spans(lines: list[str]) -> tuple[list[tuple[str, str, str]], str]:
+    *jobs, sdk = lines
+    return [tuple(line.split()) for line in jobs], sdk.split()[1]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "always_off"])
+def test_unexported_job_spans_carry_the_ids_and_flags_the_sdk_would_give(
+    receiver: OtlpReceiver, sampler: str
+) -> None:
+    jobs, sdk_traceparent = job_spans(run_child(JOB_TRACES_PROGRAM, OTEL_TRACES_SAMPLER=sampler))
+    assert {recording for recording, _, _ in jobs} == {"False"}  # nothing would see them
+    trace_ids = [trace_id for _, trace_id, _ in jobs]
+    assert len(set(trace_ids)) == JOB_SPANS and all(len(t) == 32 and int(t, 16) for t in trace_ids)
+    for _, trace_id, traceparent in jobs:
+        version, in_header, span_id, flags = traceparent.split("-")
+        assert (version, in_header, len(span_id)) == ("00", trace_id, 16)
+        assert flags == sdk_traceparent.split("-")[3]  # the sampler's decision, as the SDK's
+    sampled = int(sdk_traceparent.split("-")[3], 16) & 1
+    assert sampled == (sampler != "always_off")
+    assert receiver.spans() == []
+
+
+def test_unexported_job_spans_are_sampled_as_roots() -> None:
+    """Each job's span is the root of its trace, sampled on its own trace id, whatever the
+    batch span around it decided."""
+    jobs, _ = job_spans(
+        run_child(
+            JOB_TRACES_PROGRAM,
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG="0.5",
+        )
+    )
+    bound = round(0.5 * 2**64)  # TraceIdRatioBased: sampled when the low 64 bits are below
+    for _, trace_id, traceparent in jobs:
+        expected = int(trace_id, 16) & (2**64 - 1) < bound
+        assert bool(int(traceparent.split("-")[3], 16) & 1) == expected
+
+
+def test_exported_job_spans_are_recorded(receiver: OtlpReceiver) -> None:
+    jobs, _ = job_spans(
+        run_child(JOB_TRACES_PROGRAM, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    )
+    assert {recording for recording, _, _ in jobs} == {"True"}
+    spans = receiver.wait_for(lambda s: len(s) >= JOB_SPANS + 2, timeout_s=ARRIVAL_TIMEOUT_S)
+    job_trace_ids = {s.trace_id for s in spans if s.attributes.get("crucible.run_id") == "r-1"}
+    assert job_trace_ids == {trace_id for _, trace_id, _ in jobs}
+
+
+def test_job_spans_without_the_sdk_have_no_ids() -> None:
+    jobs, _ = job_spans(run_child(JOB_TRACES_PROGRAM, OTEL_SDK_DISABLED="true"))
+    assert jobs == [("False", "None", "None")] * JOB_SPANS
