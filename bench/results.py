@@ -177,10 +177,21 @@ class Recorder:
         return result
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (no median is taken over nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
     """`--rounds` and `--json`, the same for every benchmark."""
     parser.add_argument(
-        "--rounds", type=int, default=rounds, help=f"medians over this many (default {rounds})"
+        "--rounds", type=positive, default=rounds, help=f"medians over this many (default {rounds})"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.humaneval_canonical import PYTHON, TIMEOUT_S, canonical_programs
+from bench.results import positive
 from crucible.client import Client
 from crucible.evaluate import evaluate, write_canonical_samples
 from tests.stack import start_stack
@@ -100,9 +101,9 @@ def bare_cpu_ms_per_job(programs: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-concurrency", type=int, default=1)
+    parser.add_argument("--rounds", type=positive, default=2)
+    parser.add_argument("--workers", type=positive, default=2)
+    parser.add_argument("--worker-concurrency", type=positive, default=1)
     options = parser.parse_args()
     rounds: dict[str, list[float]] = defaultdict(list)
     walls, cores = [], []

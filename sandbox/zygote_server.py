@@ -209,6 +209,7 @@ class Init:
         self.zygote = zygote
         self.sock = socket.socket(fileno=fds[0])
         self.stdio = fds[1:]
+        self.sizes: dict[str, int] = {}  # MiB of each tmpfs dir, once mounted (`_settle`)
         # Nothing of the zygote's own stdio (the worker's stderr) stays reachable.
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):

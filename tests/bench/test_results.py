@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from bench.results import BenchResult, Figure, Goal, Machine, Row, markdown_table
+import pytest
+
+from bench.results import (
+    BenchResult,
+    Figure,
+    Goal,
+    Machine,
+    Row,
+    add_arguments,
+    markdown_table,
+    positive,
+)
 
 FASTER_3X = Goal(on="ratio", relation="<=", limit=1 / 3, wording="at least 3x faster")
 
@@ -67,3 +79,12 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     again = BenchResult.read(tmp_path / "b.json")
     assert again == result
     assert again.rows[0].ratio == 1.5 / 4.0
+
+
+def test_counts_below_one_are_refused_with_what_to_fix() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, rounds=3)
+    assert parser.parse_args(["--rounds", "2"]).rounds == 2
+    for wrong, said in (("0", "must be at least 1, not 0"), ("two", "'two' is not a whole")):
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            positive(wrong)
