@@ -190,7 +190,6 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
         entry=runtime.entry_file,
         args=spec.args,
         files={runtime.entry_file: spec.code, **spec.files},
-        **_dir_sizes(limits).model_dump(),
         nofile=_NOFILE,
         cpu_s=math.ceil(limits.cpu_time_s) + 1,  # the same backstop as the classic path's
         file_bytes=limits.disk_mb * _MIB,
@@ -316,7 +315,8 @@ class BwrapSandbox:
                 reason=f"{spec.language} is not installed on this worker",
             )
         if runtime.forkable and self._fork_server is not None:
-            forked = await self._fork_server.run(_zygote_job(spec, runtime), spec, on_output)
+            job, sizes = _zygote_job(spec, runtime), _dir_sizes(spec.limits)
+            forked = await self._fork_server.run(job, sizes, spec, on_output)
             if forked is not None:
                 return forked
         return await self._run_classic(spec, runtime, on_output)

@@ -7,6 +7,7 @@ the job ever starts, double-forked daemons included, is inside and dies with it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import queue
@@ -160,8 +161,13 @@ class JobCgroup:
         # it starts) may be in some and not yet in others, and must not be missed.
         return {int(pid) for path in self.procs_files for pid in _read(path).split()}
 
-    async def kill(self) -> None:
-        """Kill every process of the job; freeze first so that nothing can fork meanwhile."""
+    async def kill(self, wait: bool = True) -> None:
+        """Kill every process of the job; freeze first so that nothing can fork meanwhile.
+
+        Without `wait`, return once each process found is killed, not once the kernel has
+        torn it down: for a job whose pid namespace is going anyway (its pid 1 exits or is
+        killed, and takes every process in it along), which `Remover` waits for.
+        """
         if not self._tasks():
             return  # already gone (the fork server's jobs end with their pid namespace)
         freezer = f"{self.dirs['freezer']}/freezer.state"
@@ -176,6 +182,8 @@ class JobCgroup:
                     os.kill(pid, signal.SIGKILL)
             # Frozen tasks die only when thawed; SIGKILL is pending, so they cannot run on.
             _write(freezer, "THAWED")
+            if not wait:
+                return
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, _KILL_POLL_S)  # most jobs are gone within a millisecond
 
@@ -244,7 +252,14 @@ def _remove_all(work: queue.SimpleQueue[JobCgroup | _Settled | None]) -> None:
         if isinstance(item, _Settled):
             item.set()
             continue
-        try:
-            item.remove()
-        except OSError:
-            log.exception("could not remove a job's cgroup")
+        deadline = time.monotonic() + _KILL_TIMEOUT_S
+        while True:
+            try:
+                item.remove()
+                break
+            except OSError as exc:
+                # Busy: its processes are killed, and the kernel is still tearing them down.
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    log.exception("could not remove a job's cgroup")
+                    break
+            time.sleep(_KILL_FIRST_POLL_S)

@@ -154,7 +154,9 @@ async def execute(
                 cpu.cancel()
                 continue  # the compiler failed; wait for the wrapper to exit
             break
-        await cgroup.kill()  # everything the job started dies now, daemons included
+        # Everything the job started dies now, daemons included; the pid namespace they are
+        # in goes with them, so the result need not wait for the kernel to tear them down.
+        await cgroup.kill(wait=False)
         await process.wait()
         await asyncio.wait_for(asyncio.gather(*readers), _DRAIN_TIMEOUT_S)
     finally:

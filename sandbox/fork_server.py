@@ -2,8 +2,8 @@
 
 `BwrapSandbox` hands a Python job here. The fork server (`zygote.py`) is started on first
 use and replaced when found dead; a few job inits wait, each already in a cgroup, with its
-namespaces and /proc built (`zygote_server.py`), so that a job starts with only its files,
-its limits and a fork left to do.
+namespaces, /proc, dirs, privileges dropped and the job's process forked
+(`zygote_server.py`), so that a job starts with only its files, its limits and its code.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ForkServer:
 
     def __init__(self, argv: ArgvFactory, sizes: DirSizes) -> None:
         self._argv = argv
-        self._sizes = sizes  # of the dirs inits build ahead: the default limits'
+        self._sizes = sizes  # of the dirs of the sandboxes built ahead: the default limits'
         self._zygote: Zygote | None = None
         self._lock = asyncio.Lock()
         self._ready: list[Ready] = []  # inits waiting for their job
@@ -48,14 +48,17 @@ class ForkServer:
     def alive(self) -> bool:
         return self._zygote is not None and self._zygote.alive
 
-    async def run(self, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink) -> ExecResult | None:
-        """The job's result; None when no fork server can run here (use the classic path)."""
+    async def run(
+        self, job: ZygoteJob, sizes: DirSizes, spec: ExecSpec, on_output: OutputSink
+    ) -> ExecResult | None:
+        """The job's result (its dirs of `sizes`); None when no fork server can run here
+        (use the classic path)."""
         for _ in range(2):  # a fork server found dead is replaced once, then it's broken
             zygote = await self._running()
             if zygote is None:
                 return None
             try:
-                return await self._run(zygote, job, spec, on_output)
+                return await self._run(zygote, job, sizes, spec, on_output)
             except ZygoteGoneError as exc:
                 said = await asyncio.to_thread(zygote.stop)
                 log.warning("%s; starting a new one (it said: %s)", exc, said)
@@ -95,9 +98,14 @@ class ForkServer:
             return zygote
 
     async def _run(
-        self, zygote: Zygote, job: ZygoteJob, spec: ExecSpec, on_output: OutputSink
+        self,
+        zygote: Zygote,
+        job: ZygoteJob,
+        sizes: DirSizes,
+        spec: ExecSpec,
+        on_output: OutputSink,
     ) -> ExecResult:
-        cgroup, init = await self._take_ready(zygote)
+        cgroup, init = await self._take_ready(zygote, sizes)
         process = None
         try:
             cgroup.rename(spec.job_id)
@@ -121,29 +129,35 @@ class ForkServer:
             else:
                 process.close()
             # Off the job's way: removing a memory cgroup whose namespaces the kernel is still
-            # tearing down takes milliseconds. Its processes are all gone by now.
+            # tearing down takes milliseconds; the remover waits until the kernel is done.
             self._remover.remove(cgroup)
+            # Built once the job is done, not beside it: on few cores, building the next
+            # sandbox would slow this job down. Another still waits for the next job.
+            if self._usable and (self._refill is None or self._refill.done()):
+                self._refill = asyncio.create_task(self._fill(zygote))
 
     async def settle(self) -> None:
         """Until the cgroups of the jobs that ended are removed."""
         await self._remover.settle()
 
-    async def _take_ready(self, zygote: Zygote) -> Ready:
-        """An init built ahead of its job if one waits, else a new one; then refill."""
-        taken = None
-        while self._ready and taken is None:
-            cgroup, init = self._ready.pop()
-            if init.waiting:
-                taken = cgroup, init
-            else:
-                await _discard(cgroup, init)
-        if self._refill is None or self._refill.done():
-            self._refill = asyncio.create_task(self._fill(zygote))
-        return taken or await _prepare(zygote, self._sizes)
+    async def _take_ready(self, zygote: Zygote, sizes: DirSizes) -> Ready:
+        """A sandbox built ahead of its job if one of `sizes` waits, else a new one.
+
+        Dirs of other sizes (a job's own disk limit) cannot be changed once the sandbox has
+        dropped its privileges: such a job waits for a sandbox of its own."""
+        gone = [entry for entry in self._ready if not entry[1].waiting]
+        self._ready[:] = [entry for entry in self._ready if entry not in gone]
+        for cgroup, init in gone:
+            await _discard(cgroup, init)
+        for entry in self._ready:
+            if entry[1].sizes == sizes:
+                self._ready.remove(entry)
+                return entry
+        return await _prepare(zygote, sizes)
 
     async def _fill(self, zygote: Zygote) -> None:
-        # Built while jobs run, so that the next job finds its namespaces, /proc and cgroup
-        # made: its own start is then only its files, its limits and a fork.
+        # Built between jobs, so that the next job finds its namespaces, /proc, cgroup and
+        # process made: its own start is then only its files, its limits and its code.
         while len(self._ready) < _READY_INITS and zygote.alive:
             try:
                 self._ready.append(await _prepare(zygote, self._sizes))

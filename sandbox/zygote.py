@@ -6,8 +6,10 @@ bubblewrap sandbox and a new interpreter: a few milliseconds instead of tens.
 
 Per job, over a socket pair of its own: the job's init process says hello, and the kernel
 attaches the pid that the worker sees; the worker moves that process into the job's cgroup
-and only then sends the job, so nothing of the job runs outside its cgroup. Output comes
-back on pipes, as from a subprocess; stdin is handed over whole, in a read-only memfd.
+and only then lets it build the rest, so nothing of the job runs outside its cgroup. The job
+goes straight to the job's process, on a second socket pair, and the init reports how it
+ended on the first. Output comes back on pipes, as from a subprocess; stdin is handed over
+whole, in a read-only memfd.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import array
 import asyncio
 import functools
-import json
 import os
 import select
 import signal
@@ -38,11 +39,11 @@ SERVER_SOURCE = Path(__file__).with_name("zygote_server.py")
 PYTHON_MAIN_SOURCE = Path(__file__).with_name("python_main.py")
 _START_TIMEOUT_S = 10.0
 _HELLO_TIMEOUT_S = 5.0
-_STATUS_BYTES = 4096
 _LAST_WORDS_CHARS = 2000
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _LEN = struct.Struct("!I")
-_SETTLED = struct.Struct("!cII")  # b"M", then the default sizes (MiB) of the dirs and /dev/shm
+_SETTLED = struct.Struct("!cII")  # b"M", then the sizes (MiB) of the dirs and /dev/shm
+_STATUS = struct.Struct("!i")  # the init's report: how the job ended
 
 # Builds the zygote's command line from the fds it inherits: the control socket, the job
 # seccomp program, and the seccomp program bwrap applies to the zygote itself.
@@ -50,13 +51,11 @@ ArgvFactory = Callable[[int, int, int, int], Sequence[str]]
 
 
 class ZygoteJob(BaseModel):
-    """What the job's init process needs to build its sandbox and start the program."""
+    """What the job's process needs to start the program in its sandbox."""
 
     entry: str
     args: list[str]
     files: dict[str, str]  # relative path -> content, the entry file included
-    disk_mb: int
-    shm_mb: int
     nofile: int
     cpu_s: int
     file_bytes: int
@@ -149,11 +148,13 @@ class ZygoteProcess:
         """Nothing to do beyond the cgroup's kill: the init joined it before its job came."""
 
     async def _read_status(self, sock: socket.socket) -> int:
+        # Read as soon as it is whole, not at the socket's end: the init's exit (its
+        # namespaces and mounts torn down) takes a millisecond or two more.
         loop = asyncio.get_running_loop()
         data = b""
         try:
-            while len(data) < _STATUS_BYTES:
-                more = await loop.sock_recv(sock, _STATUS_BYTES - len(data))
+            while len(data) < _STATUS.size:
+                more = await loop.sock_recv(sock, _STATUS.size - len(data))
                 if not more:
                     break
                 data += more
@@ -161,14 +162,11 @@ class ZygoteProcess:
             pass  # killed with the job unread (cancelled as it started): no report
         finally:
             sock.close()
-        try:
-            returncode = json.loads(data)["returncode"]
-        except (ValueError, KeyError, TypeError):
+        if len(data) < _STATUS.size:
             # No report: the process was killed (limits, cancel) before it could say.
             return -signal.SIGKILL
-        if not isinstance(returncode, int):
-            return -signal.SIGKILL
         self.reported = True
+        (returncode,) = _STATUS.unpack(data)
         return returncode
 
     def close(self) -> None:
@@ -178,11 +176,15 @@ class ZygoteProcess:
 
 
 class ReadyInit:
-    """A job's init process, forked and inside its cgroup, waiting for its job."""
+    """A job's sandbox, built inside its cgroup: its process waits for the job."""
 
-    def __init__(self, sock: socket.socket, stdout_fd: int, stderr_fd: int) -> None:
+    def __init__(
+        self, sock: socket.socket, job_sock: socket.socket, sizes: DirSizes, output: Output
+    ) -> None:
         self._sock: socket.socket | None = sock
-        self._fds = [stdout_fd, stderr_fd]
+        self._job_sock = job_sock
+        self.sizes = sizes  # of its dirs
+        self._output: Output | None = output
 
     @property
     def waiting(self) -> bool:
@@ -193,44 +195,39 @@ class ReadyInit:
         return not readable
 
     async def start(self, job: ZygoteJob, stdin: str) -> ZygoteProcess:
-        """Send the job (and its stdin); the init builds the rest and forks the program."""
-        if self._sock is None:
+        """Send the job (and its stdin) to the job's process, which starts the program."""
+        if self._sock is None or self._output is None:
             raise ZygoteGoneError("this init was discarded")
         sock, self._sock = self._sock, None
+        output, self._output = self._output, None
         body = job.model_dump_json().encode()
         stdin_fd = _read_only_stdin(stdin)
-        fds, self._fds = self._fds, []  # the readers own them from here on
         try:
-            stdout, stderr, transports = await _pipe_readers(*fds)
-        except BaseException:
-            sock.close()
-            os.close(stdin_fd)
-            raise
-        try:
-            sock.sendmsg(
+            self._job_sock.sendmsg(
                 [_LEN.pack(len(body))],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stdin_fd]))],
             )
-            await asyncio.get_running_loop().sock_sendall(sock, body)
+            await asyncio.get_running_loop().sock_sendall(self._job_sock, body)
         except BaseException as exc:
             sock.close()
-            for transport in transports:
-                transport.close()
+            output.close()
             if isinstance(exc, OSError):
                 raise ZygoteGoneError(f"the job's init is gone: {exc!r}") from exc
             raise
         finally:
             os.close(stdin_fd)
-        return ZygoteProcess(sock, stdout, stderr, transports)
+            self._job_sock.close()  # what was sent stays readable
+        return ZygoteProcess(sock, output.stdout, output.stderr, output.transports)
 
     def discard(self) -> None:
-        """Let the init go without a job (it exits when its socket closes)."""
+        """Let the init go without a job (its job's process exits when its socket closes)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        self._job_sock.close()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
 
 
 class Zygote:
@@ -286,22 +283,34 @@ class Zygote:
         self._control = control
 
     async def prepare(self, cgroup: JobCgroup, sizes: DirSizes) -> ReadyInit:
-        """Fork a job's init into `cgroup`; it builds what needs no job (its dirs at `sizes`,
-        which a job with other limits changes), then waits for one."""
+        """Fork a job's init into `cgroup`; it builds all that needs no job (its dirs of
+        `sizes`), and its job's process waits for one."""
         if self._control is None or not self.alive:
             raise ZygoteGoneError("the fork server is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
+        job_ours, job_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        job_ours.setblocking(False)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        ready = ReadyInit(ours, out_read, err_read)
-        handed = [theirs.fileno(), out_write, err_write]
+        try:
+            output = await Output.open(out_read, err_read)
+        except BaseException:
+            for sock in (ours, theirs, job_ours, job_theirs):
+                sock.close()
+            os.close(out_write)
+            os.close(err_write)
+            raise
+        ready = ReadyInit(ours, job_ours, sizes, output)
+        handed = [theirs.fileno(), job_theirs.fileno(), out_write, err_write]
         try:
             self._control.sendmsg(
                 [b"J"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", handed))]
             )
-            pid = await asyncio.wait_for(_hello_pid(ours), _HELLO_TIMEOUT_S)
+            # Not wait_for: on Python 3.11 it loses a cancel that lands as the hello comes.
+            async with asyncio.timeout(_HELLO_TIMEOUT_S):
+                pid = await _hello_pid(ours)
             # Before the job is sent: nothing of it runs outside its cgroup. In a thread: a
             # move can wait for an RCU grace period, which must not stall the worker's loop.
             await _finished(asyncio.ensure_future(asyncio.to_thread(cgroup.join, pid)))
@@ -314,6 +323,7 @@ class Zygote:
             raise
         finally:
             theirs.close()
+            job_theirs.close()
             os.close(out_write)
             os.close(err_write)
         return ready
@@ -360,22 +370,39 @@ def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtoco
     return protocol
 
 
-async def _pipe_readers(
-    *fds: int,
-) -> tuple[asyncio.StreamReader, asyncio.StreamReader, list[asyncio.BaseTransport]]:
-    loop = asyncio.get_running_loop()
-    pipes: list[Any] = [os.fdopen(fd, "rb", 0) for fd in fds]
-    readers = [asyncio.StreamReader() for _ in fds]
-    transports: list[asyncio.BaseTransport] = []
-    try:
-        for pipe, reader in zip(pipes, readers, strict=True):
-            protocol = asyncio.StreamReaderProtocol(reader)
-            read_end, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
-            transports.append(read_end)
-    except BaseException:
-        for transport in transports:
+class Output:
+    """The readers of a job's stdout and stderr pipes, made with its sandbox: ahead of it."""
+
+    def __init__(
+        self,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        transports: list[asyncio.BaseTransport],
+    ) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.transports = transports
+
+    @classmethod
+    async def open(cls, stdout_fd: int, stderr_fd: int) -> Output:
+        """Readers of the two pipes, which they own from here on (closed if this fails)."""
+        loop = asyncio.get_running_loop()
+        pipes: list[Any] = [os.fdopen(fd, "rb", 0) for fd in (stdout_fd, stderr_fd)]
+        readers = [asyncio.StreamReader() for _ in pipes]
+        transports: list[asyncio.BaseTransport] = []
+        try:
+            for pipe, reader in zip(pipes, readers, strict=True):
+                protocol = asyncio.StreamReaderProtocol(reader)
+                read_end, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
+                transports.append(read_end)
+        except BaseException:
+            for transport in transports:
+                transport.close()
+            for pipe in pipes[len(transports) :]:
+                pipe.close()
+            raise
+        return cls(readers[0], readers[1], transports)
+
+    def close(self) -> None:
+        for transport in self.transports:
             transport.close()
-        for pipe in pipes[len(transports) :]:
-            pipe.close()
-        raise
-    return readers[0], readers[1], transports

@@ -10,18 +10,19 @@ new bubblewrap sandbox and a new interpreter.
       init (pid 1 of a new pid namespace; joins the job's cgroup, builds the sandbox)
         job  (pid 2: no capabilities, the job's seccomp filter, rlimits, the job's code)
 
-Per job, the worker sends one message on the control socket carrying three descriptors:
-the job's own socket, its stdout and stderr. The zygote only forks and forgets: it never
-reads a job's code, so nothing of one job is left in the memory that the next job is forked
-from. The init process says hello on the job socket (the kernel attaches its pid, as the
-worker sees it, to the message) and, while the worker moves it into the job's cgroup,
-unshares mount, ipc and network namespaces and mounts a fresh /proc. Told that it is in the
-cgroup (with the default sizes of the job's dirs), it unshares a cgroup namespace rooted there
-and mounts fresh size-capped tmpfs dirs: all that needs no job, so the worker keeps a few
-inits ready before their jobs exist. Then it reads the job (its stdin comes attached, as a
-descriptor), resizes its dirs if the job's limits differ, writes the files, drops every
-capability, installs the job's seccomp filter and forks the job. It reports how the job
-ended, then exits, which kills whatever the job left running.
+Per job, the worker sends one message on the control socket carrying four descriptors:
+the init's socket, the job's socket, its stdout and stderr. The zygote only forks and
+forgets: it never reads a job's code, so nothing of one job is left in the memory that the
+next job is forked from. The init process says hello on its socket (the kernel attaches its
+pid, as the worker sees it, to the message) and, while the worker moves it into the job's
+cgroup, unshares mount, ipc and network namespaces and mounts a fresh /proc. Told that it is
+in the cgroup (and the sizes of the job's dirs), it unshares a cgroup namespace rooted there,
+mounts fresh size-capped tmpfs dirs, drops every capability, installs the job's seccomp
+filter and forks the job's process, which waits for its job. All that needs no job, so the
+worker keeps a few of them ready before their jobs exist; a job starts with only its files,
+its limits and its code. The job's process reads the job itself (its stdin comes attached,
+as a descriptor): the init never holds any of it. The init reports how the job ended, then
+exits, which kills whatever the job left running.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ _SETUP_FAILED = 125  # as the classic path's entry shell reports a sandbox that 
 _SIGNAL_BASE = 128  # a job killed by signal N is reported as 128 + N, as bwrap does
 _MIB = 1024 * 1024
 _LEN = struct.Struct("!I")
-_SETTLED = struct.Struct("!cII")  # b"M", then the default sizes (MiB) of the dirs and /dev/shm
-_FD_COUNT = 3  # the job socket, stdout, stderr; stdin comes with the job
+_SETTLED = struct.Struct("!cII")  # b"M", then the sizes (MiB) of the dirs and /dev/shm
+_STATUS = struct.Struct("!i")  # how the job ended, as bwrap reports it
+_FD_COUNT = 4  # the init's socket, the job's socket, stdout, stderr; stdin comes with the job
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWCGROUP = 0x02000000
@@ -201,15 +203,15 @@ class Zygote:
 
 
 class Init:
-    """pid 1 of one job's sandbox: builds it, forks the job, reports how the job ended."""
+    """pid 1 of one job's sandbox: builds it, forks the job's process, reports how it ended."""
 
     def __init__(self, zygote: Zygote, fds: list[int]) -> None:
         zygote.control.close()
         os.close(zygote.pid_namespace)
         self.zygote = zygote
         self.sock = socket.socket(fileno=fds[0])
-        self.stdio = fds[1:]
-        self.sizes: dict[str, int] = {}  # MiB of each tmpfs dir, once mounted (`_settle`)
+        self.job_sock = socket.socket(fileno=fds[1])
+        self.stdio = fds[2:]
         # Nothing of the zygote's own stdio (the worker's stderr) stays reachable.
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
@@ -221,28 +223,28 @@ class Init:
         """In the job process, the job to run; the init process itself never returns."""
         try:
             self.sock.sendall(b"P")  # the kernel adds our pid; the worker moves us into the cgroup
-            # What does not depend on the job is built while the worker moves us, and once
-            # moved, before the job is even sent: so nothing of the job runs, or is read,
-            # outside its cgroup.
+            # The sandbox is built while the worker moves us, and once moved, before the job
+            # is even sent: so nothing of the job runs, or is read, outside its cgroup, or in
+            # a process that holds a capability.
             self._isolate()
             self._settle()
-            spec = self._receive_job()
-            self._build(spec)
+            self._drop_privileges()
             pid = os.fork()
         except Exception:  # whatever stopped the sandbox being built, the worker is told
             os.write(self.stdio[-1], traceback.format_exc().encode())
             self._report(_SETUP_FAILED)
         if pid == 0:
-            return self._become_job(spec)
+            return self._become_job()
+        self.job_sock.close()
         for fd in self.stdio:
             os.close(fd)  # the job's output ends when the job's processes are gone
         self._report(self._wait(pid))
 
     def _receive_job(self) -> dict[str, Any]:
         """The job: its length with its stdin (a descriptor) attached, then its JSON."""
-        head, ancillary, _, _ = self.sock.recvmsg(_LEN.size, socket.CMSG_SPACE(4))
+        head, ancillary, _, _ = self.job_sock.recvmsg(_LEN.size, socket.CMSG_SPACE(4))
         if not head:
-            raise EOFError("the worker closed the job socket")
+            raise EOFError("the worker let this sandbox go without a job")
         stdin = array.array("i")
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -250,8 +252,8 @@ class Init:
         if len(stdin) != 1:
             raise ValueError("the job came without its stdin")
         self.stdio = [stdin[0], *self.stdio]
-        (size,) = _LEN.unpack(head + _read_exactly(self.sock, _LEN.size - len(head)))
-        job: dict[str, Any] = json.loads(_read_exactly(self.sock, size))
+        (size,) = _LEN.unpack(head + _read_exactly(self.job_sock, _LEN.size - len(head)))
+        job: dict[str, Any] = json.loads(_read_exactly(self.job_sock, size))
         return job
 
     def _isolate(self) -> None:
@@ -270,29 +272,22 @@ class Init:
 
     def _settle(self) -> None:
         """Once in the job's cgroup: a cgroup namespace rooted there hides the host's tree,
-        and the job's dirs are fresh tmpfs mounts, at the default sizes until its own come."""
+        and the job's dirs are fresh tmpfs mounts, of the sizes the worker says."""
         tag, disk_mb, shm_mb = _SETTLED.unpack(_read_exactly(self.sock, _SETTLED.size))
         if tag != b"M":
             raise ValueError(f"the worker said {tag!r}, not that this init is in its cgroup")
         _check(_libc.unshare(_CLONE_NEWCGROUP), "unshare cgroup namespace")
-        self.sizes = {"/dev/shm": shm_mb, "/tmp": disk_mb, WORK_DIR: disk_mb}
-        for target, size_mb in self.sizes.items():
+        for target, size_mb in (("/dev/shm", shm_mb), ("/tmp", disk_mb), (WORK_DIR, disk_mb)):
             _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV,
                    f"mode=0755,size={size_mb * _MIB}")  # fmt: skip
 
-    def _build(self, spec: dict[str, Any]) -> None:
-        wanted = {"/dev/shm": spec["shm_mb"], "/tmp": spec["disk_mb"], WORK_DIR: spec["disk_mb"]}
-        for target, size_mb in wanted.items():
-            if size_mb != self.sizes[target]:  # still empty: a remount sets the job's size
-                flags = _MS_REMOUNT | _MS_NOSUID | _MS_NODEV
-                _mount(None, target, None, flags, f"size={size_mb * _MIB}")
+    def _write_files(self, spec: dict[str, Any]) -> None:
         for name, content in spec["files"].items():
             path = os.path.join(WORK_DIR, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as out:
                 out.write(content)
         os.chdir(WORK_DIR)
-        self._drop_privileges()
 
     def _loopback_up(self) -> None:
         """The job's own network namespace has a loopback, as bwrap's do: up, and alone."""
@@ -321,8 +316,16 @@ class Init:
         # its memory written through /proc/1/mem, so the job cannot forge its own report.
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
 
-    def _become_job(self, spec: dict[str, Any]) -> _Job:
+    def _become_job(self) -> _Job:
+        """Wait for the job, then set it up: files, stdio, limits."""
         self.sock.close()
+        try:
+            spec = self._receive_job()
+            self._write_files(spec)
+        except Exception:  # a job that cannot be set up ends as a sandbox that did not start
+            os.write(self.stdio[-1], traceback.format_exc().encode())
+            os._exit(_SETUP_FAILED)
+        self.job_sock.close()
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -347,7 +350,7 @@ class Init:
 
     def _report(self, returncode: int) -> NoReturn:
         try:
-            self.sock.sendall(json.dumps({"returncode": returncode}).encode())
+            self.sock.sendall(_STATUS.pack(returncode))
         finally:
             os._exit(0)  # pid 1 leaving kills everything else in the namespace
 
