@@ -1,13 +1,16 @@
 """Where the CPU of a HumanEval run goes: each process of the stack, per job, beside a bare spawn.
 
     .venv/bin/python -m bench.stack_cpu [--rounds 2] [--workers 2] [--worker-concurrency 1]
+    .venv/bin/python -m bench.stack_cpu --workload print1 [--jobs 200]
 
 Starts `crucible up`, runs `crucible eval` of the 164 canonical solutions once to warm it,
 then `--rounds` times, and reads from /proc the CPU time (user + system, with that of the
 children each process has reaped: a fork server's jobs, a worker's subprocesses) that every
 process of the stack used in the round, and this process's own (the eval client). Then the
 same 164 programs as bare `/usr/bin/python3 -I -c` subprocesses, one after another, and their
-CPU. Wall time alone says whether the run waits or computes; this says on what.
+CPU. Wall time alone says whether the run waits or computes; this says on what. With
+`--workload print1`, a round is `make bench`'s `print(1)` latency loop instead (one job at a
+time: POST, then its SSE stream to `finished`), beside bare spawns of `print(1)`.
 
 The medians are printed per kind of process, in ms per job, and as the cores the stack kept
 busy (CPU time over wall time): a run near the core count is bound by CPU, so only doing
@@ -24,14 +27,17 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.humaneval_canonical import PYTHON, TIMEOUT_S, canonical_programs
+from bench.pipeline import end_to_end_p50
 from bench.results import positive
 from crucible.client import Client
 from crucible.evaluate import evaluate, write_canonical_samples
-from tests.stack import start_stack
+from tests.stack import Stack, start_stack
 
+Round = Callable[[], object]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # What a process is, from its command line: the first needle found names its kind.
 _KINDS = (
@@ -99,46 +105,64 @@ def bare_cpu_ms_per_job(programs: list[str]) -> float:
     return spent_s / len(programs) * 1000
 
 
+def _workload(options: argparse.Namespace, stack: Stack, work: Path) -> tuple[list[str], Round]:
+    """The programs one round runs, and how to run a round."""
+    if options.workload == "print1":
+        return ["print(1)"] * options.jobs, lambda: end_to_end_p50(stack, options.jobs)
+    samples = work / "samples.jsonl"
+    write_canonical_samples(samples)
+
+    def run() -> None:
+        with Client(stack.url, stack.api_key) as client:
+            evaluate(client, samples, ks=(1,), timeout_s=TIMEOUT_S)
+
+    return canonical_programs(), run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=positive, default=2)
     parser.add_argument("--workers", type=positive, default=2)
     parser.add_argument("--worker-concurrency", type=positive, default=1)
+    parser.add_argument("--workload", choices=("humaneval", "print1"), default="humaneval")
+    parser.add_argument("--jobs", type=positive, default=200, help="of print1, per round")
     options = parser.parse_args()
     rounds: dict[str, list[float]] = defaultdict(list)
     walls, cores = [], []
     with tempfile.TemporaryDirectory(prefix="crucible-bench-", ignore_cleanup_errors=True) as work:
         (Path(work) / "stack").mkdir()
-        samples = Path(work) / "samples.jsonl"
-        write_canonical_samples(samples)
-        programs = canonical_programs()
-        count = len(programs)
         stack = start_stack(
             Path(work) / "stack",
             workers=options.workers,
             worker_concurrency=options.worker_concurrency,
         )
         try:
-            with Client(stack.url, stack.api_key) as client:
-                evaluate(client, samples, ks=(1,), timeout_s=TIMEOUT_S)  # warm
-                for number in range(1, options.rounds + 1):
-                    before, own = stack_cpu_s(stack.process.pid), _own_cpu_s()
-                    started = time.perf_counter()
-                    evaluate(client, samples, ks=(1,), timeout_s=TIMEOUT_S)
-                    wall_s = time.perf_counter() - started
-                    after = stack_cpu_s(stack.process.pid)
-                    spent = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
-                    spent["eval client"] = _own_cpu_s() - own
-                    for kind, cpu_s in spent.items():
-                        rounds[kind].append(cpu_s / count * 1000)
-                    walls.append(wall_s)
-                    cores.append(sum(spent.values()) / wall_s)
-                    print(f"round {number}: {wall_s:.2f} s, {cores[-1]:.2f} cores busy", flush=True)
+            programs, run = _workload(options, stack, Path(work))
+            count = len(programs)
+            run()  # warm
+            for number in range(1, options.rounds + 1):
+                before, own = stack_cpu_s(stack.process.pid), _own_cpu_s()
+                started = time.perf_counter()
+                run()
+                wall_s = time.perf_counter() - started
+                after = stack_cpu_s(stack.process.pid)
+                spent = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+                spent["client"] = _own_cpu_s() - own
+                for kind, cpu_s in spent.items():
+                    rounds[kind].append(cpu_s / count * 1000)
+                walls.append(wall_s)
+                cores.append(sum(spent.values()) / wall_s)
+                print(f"round {number}: {wall_s:.2f} s, {cores[-1]:.2f} cores busy", flush=True)
         finally:
             stack.stop()
     bare_ms = bare_cpu_ms_per_job(programs)
     total_ms = sum(statistics.median(values) for values in rounds.values())
-    print(f"\n164 canonical HumanEval solutions, {options.workers} workers x "
+    what = (
+        "print(1) jobs, one at a time"
+        if options.workload == "print1"
+        else "canonical HumanEval solutions"
+    )
+    print(f"\n{count} {what}, {options.workers} workers x "
           f"{options.worker_concurrency} slots: {statistics.median(walls):.2f} s, "
           f"{statistics.median(cores):.2f} cores busy (medians of {options.rounds})\n")  # fmt: skip
     print("| process | CPU per job |\n|---|---|")

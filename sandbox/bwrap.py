@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandbox.base import register
-from sandbox.cgroups import JobCgroup, check_cgroups
+from sandbox.cgroups import JobCgroup, check_cgroups, sweep_stale
 from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import SETUP_FAILED, Command, execute, spawn
 from sandbox.files import check_file_names
@@ -281,6 +281,7 @@ class BwrapSandbox:
 
     async def check(self) -> None:
         _check_host()
+        await asyncio.to_thread(sweep_stale)  # what workers that died left behind
 
         async def ignore(chunk: OutputChunk) -> None:
             pass

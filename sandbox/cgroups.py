@@ -31,6 +31,7 @@ _CPU_PERIOD_US = 100_000
 _KILL_FIRST_POLL_S = 0.0005
 _KILL_POLL_S = 0.01
 _KILL_TIMEOUT_S = 5.0  # a frozen cgroup empties in milliseconds
+STALE_AFTER_S = 60.0  # an empty job cgroup this old belongs to no live worker
 _MIB = 1024 * 1024
 _READ_BYTES = 64  # a counter's value, with room
 _READ_CHUNK_BYTES = 4096
@@ -81,6 +82,39 @@ def check_cgroups() -> None:
             )
         if not os.access(base, os.W_OK):
             raise SandboxUnavailableError(f"{base} is not writable: run the worker as root")
+
+
+def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
+    """Remove the empty job cgroups older than `min_age_s`; how many went.
+
+    A worker that died (killed, or its host restarted it) leaves the cgroups it had made:
+    those of its running jobs and of the sandboxes it had built ahead. Their processes die
+    with it, the directories stay, and each memory cgroup holds kernel memory. No live
+    worker keeps a job cgroup empty for long (a process joins it within milliseconds of its
+    making, and it is removed once its job's processes are gone), so an old empty one is no
+    one's; one that is busy after all is refused by the kernel and stays.
+    """
+    swept = 0
+    now = time.time()
+    for controller in CONTROLLERS:
+        parent = os.path.join(CGROUP_ROOT, controller, PARENT)
+        try:
+            entries = list(os.scandir(parent))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir() or now - entry.stat().st_mtime < min_age_s:
+                    continue
+                if _read(os.path.join(entry.path, "cgroup.procs")).strip():
+                    continue
+                os.rmdir(entry.path)
+            except OSError:
+                continue  # gone meanwhile, or busy after all
+            swept += 1
+    if swept:
+        log.info("removed %d stale cgroup directories left by workers that died", swept)
+    return swept
 
 
 @dataclass

@@ -158,7 +158,8 @@ async def execute(
         # in goes with them, so the result need not wait for the kernel to tear them down.
         await cgroup.kill(wait=False)
         await process.wait()
-        await asyncio.wait_for(asyncio.gather(*readers), _DRAIN_TIMEOUT_S)
+        async with asyncio.timeout(_DRAIN_TIMEOUT_S):  # not wait_for: it can lose a cancel
+            await asyncio.gather(*readers)
     finally:
         for task in (*helpers, *readers, *(t for t in (cpu, compiled) if t is not None)):
             task.cancel()

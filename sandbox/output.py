@@ -18,7 +18,9 @@ async def _read_some(reader: asyncio.StreamReader) -> bytes:
     data = await reader.read(READ_BYTES)
     while data and not data.endswith(b"\n") and len(data) < READ_BYTES:
         try:
-            more = await asyncio.wait_for(reader.read(READ_BYTES - len(data)), _LINE_WAIT_S)
+            # Not wait_for: on Python 3.11 it loses a cancel that lands as the read completes.
+            async with asyncio.timeout(_LINE_WAIT_S):
+                more = await reader.read(READ_BYTES - len(data))
         except TimeoutError:
             break
         if not more:

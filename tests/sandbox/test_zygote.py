@@ -19,6 +19,7 @@ import pytest
 
 from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict
 from sandbox.bwrap import BwrapSandbox
+from sandbox.cgroups import CGROUP_ROOT, PARENT
 
 
 @pytest.fixture
@@ -221,3 +222,23 @@ async def test_each_job_gets_dirs_of_its_own_limits_size(forked: BwrapSandbox) -
     assert sizes[default_mb] == {"/work": default, "/tmp": default, "/dev/shm": "16"}
     assert sizes[8] == {"/work": "8", "/tmp": "8", "/dev/shm": "8"}
     assert sizes[200] == {"/work": "200", "/tmp": "200", "/dev/shm": "16"}
+
+
+def _cgroups() -> set[str]:
+    return {path.name for path in (CGROUP_ROOT / "memory" / PARENT).iterdir() if path.is_dir()}
+
+
+async def test_sandboxes_built_ahead_and_never_used_leave_nothing_behind() -> None:
+    # Each waits with its job's process forked: discarded (a job of other sizes passes them
+    # by, then the sandbox closes), both processes must go, and the cgroup with them.
+    before = _cgroups()
+    sandbox = BwrapSandbox()
+    await sandbox.check()
+    try:
+        for disk_mb in (ExecLimits().disk_mb, 8):
+            result = await run(sandbox, "print('done')", limits={"disk_mb": disk_mb})
+            assert (result.verdict, result.stdout) == (Verdict.ACCEPTED, "done\n"), result
+        assert any(name.startswith("ready-") for name in _cgroups() - before)
+    finally:
+        await sandbox.close()
+    assert _cgroups() - before == set()
