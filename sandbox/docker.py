@@ -279,7 +279,8 @@ class DockerSandbox:
                 with suppress(docker.errors.DockerException):
                     await asyncio.to_thread(attached.container.kill)
                 with suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(ended), _DRAIN_AFTER_KILL_S)
+                    async with asyncio.timeout(_DRAIN_AFTER_KILL_S):  # wait_for can lose a cancel
+                        await asyncio.shield(ended)
             pending = (ended, overflow, routing, *readers)
             for task in pending:
                 task.cancel()

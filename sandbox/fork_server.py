@@ -167,7 +167,15 @@ class ForkServer:
 
 async def _prepare(zygote: Zygote, sizes: DirSizes) -> Ready:
     # The default limits until the job's own are known; the name, too, is the job's later.
-    cgroup = JobCgroup.create("ready", ExecLimits())
+    # Made in a thread: its mkdirs can wait on the kernel's cgroup lock (which the removal of
+    # ended jobs' cgroups holds), and a sandbox is built as a job's result is being sent.
+    making = asyncio.ensure_future(asyncio.to_thread(JobCgroup.create, "ready", ExecLimits()))
+    try:
+        cgroup = await asyncio.shield(making)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            (await making).remove()  # nothing is in it yet
+        raise
     try:
         return cgroup, await zygote.prepare(cgroup, sizes)
     except BaseException:
