@@ -124,16 +124,10 @@ class ZygoteProcess:
 
     stdin = None  # handed over whole at the start
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        stdout: asyncio.StreamReader,
-        stderr: asyncio.StreamReader,
-        transports: list[asyncio.BaseTransport],
-    ) -> None:
-        self.stdout = stdout
-        self.stderr = stderr
-        self._transports = transports
+    def __init__(self, sock: socket.socket, output: Output) -> None:
+        self.stdout = output.stdout
+        self.stderr = output.stderr
+        self._output = output
         self._status = asyncio.create_task(self._read_status(sock))
         self.reported = False  # True once the init process said how the job ended
 
@@ -171,8 +165,7 @@ class ZygoteProcess:
 
     def close(self) -> None:
         self._status.cancel()
-        for transport in self._transports:
-            transport.close()
+        self._output.close()
 
 
 class ReadyInit:
@@ -217,7 +210,7 @@ class ReadyInit:
         finally:
             os.close(stdin_fd)
             self._job_sock.close()  # what was sent stays readable
-        return ZygoteProcess(sock, output.stdout, output.stderr, output.transports)
+        return ZygoteProcess(sock, output)
 
     def discard(self) -> None:
         """Let the init go without a job (its job's process exits when its socket closes)."""
@@ -381,7 +374,7 @@ class Output:
     ) -> None:
         self.stdout = stdout
         self.stderr = stderr
-        self.transports = transports
+        self._transports = transports
 
     @classmethod
     async def open(cls, stdout_fd: int, stderr_fd: int) -> Output:
@@ -404,5 +397,5 @@ class Output:
         return cls(readers[0], readers[1], transports)
 
     def close(self) -> None:
-        for transport in self.transports:
+        for transport in self._transports:
             transport.close()
