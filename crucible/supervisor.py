@@ -50,7 +50,8 @@ class Child:
         with suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), self.stop_timeout_s)
+            async with asyncio.timeout(self.stop_timeout_s):
+                await process.wait()
         except TimeoutError:
             log.warning("%s did not stop in %.0f s; killing it", self.name, self.stop_timeout_s)
             with suppress(ProcessLookupError):

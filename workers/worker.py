@@ -88,7 +88,8 @@ class _Turn:
         """Wait for the sandbox; False when the job before holds it past `_AHEAD_HOLD_S`."""
         if not self._taken:
             with suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._after), _AHEAD_HOLD_S)
+                async with asyncio.timeout(_AHEAD_HOLD_S):
+                    await asyncio.shield(self._after)
             self._taken = self._after.done()
             if self._taken:
                 self._busy(1)

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import pytest
+from nats.aio.client import Client as NATS
 
 from bus import NatsSettings, StreamSettings, connect, ensure_streams
 from bus import subjects as s
+from bus.connection import ErrorCallback
 from tests.bus.violations import Violations
 from tests.stack import NatsServer
 
-
-def settings(server: NatsServer, service: str) -> NatsSettings:
-    return NatsSettings(url=server.layout.url, creds_file=server.layout.creds_files[service])
+ConnectAs = Callable[..., Awaitable[NATS]]
 
 
-async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer) -> None:
-    gateway = await connect(settings(nats_server, "gateway"), "gateway", "g")
+@pytest.fixture
+async def connect_as(nats_server: NatsServer) -> AsyncIterator[ConnectAs]:
+    """Connects with a service's identity. Every client is closed at teardown, a failed test's
+    too: one left open is collected later, in another test, which then fails on its warning."""
+    clients: list[NATS] = []
+
+    async def connecting(service: str, error_cb: ErrorCallback | None = None) -> NATS:
+        creds = nats_server.layout.creds_files[service]
+        settings = NatsSettings(url=nats_server.layout.url, creds_file=creds)
+        clients.append(await connect(settings, service, service, error_cb))
+        return clients[-1]
+
+    yield connecting
+    for client in clients:
+        await client.close()
+
+
+async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer, connect_as: ConnectAs) -> None:
+    gateway = await connect_as("gateway")
     await ensure_streams(gateway.jetstream(), StreamSettings())
     violations = Violations()
-    worker = await connect(settings(nats_server, "worker"), "worker", "w", violations.on_error)
+    worker = await connect_as("worker", violations.on_error)
     with pytest.raises(Exception):  # noqa: B017 - a refused JS publish surfaces as a timeout
         await worker.jetstream().publish(s.job_subject("j-forged"), b"{}", timeout=1)
     await violations.wait_for(f'publish to "{s.job_subject("j-forged")}"')
@@ -26,8 +45,6 @@ async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer) -> None:
     # Nothing reached the queue.
     info = await gateway.jetstream().stream_info(s.JOBS_STREAM)
     assert info.state.messages == 0
-    await worker.close()
-    await gateway.close()
 
 
 @pytest.mark.parametrize(
@@ -64,29 +81,26 @@ async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer) -> None:
     ],
 )
 async def test_forbidden_actions_are_refused(
-    nats_server: NatsServer, service: str, action: str, subject: str
+    connect_as: ConnectAs, service: str, action: str, subject: str
 ) -> None:
     violations = Violations()
-    client = await connect(settings(nats_server, service), service, service, violations.on_error)
-    try:
-        if action == "publish":
-            await client.publish(subject, b"{}")
-        else:
-            await client.subscribe(subject)
-        await client.flush()
-        word = "publish" if action == "publish" else "subscription"
-        await violations.wait_for(f'{word} to "{subject}"')
-    finally:
-        await client.close()
+    client = await connect_as(service, violations.on_error)
+    if action == "publish":
+        await client.publish(subject, b"{}")
+    else:
+        await client.subscribe(subject)
+    await client.flush()
+    word = "publish" if action == "publish" else "subscription"
+    await violations.wait_for(f'{word} to "{subject}"')
 
 
-async def test_worker_can_fetch_ack_and_publish_events(nats_server: NatsServer) -> None:
-    gateway = await connect(settings(nats_server, "gateway"), "gateway", "g")
+async def test_worker_can_fetch_ack_and_publish_events(connect_as: ConnectAs) -> None:
+    gateway = await connect_as("gateway")
     gjs = gateway.jetstream()
     await ensure_streams(gjs, StreamSettings())
     await gjs.publish(s.job_subject("j-1"), b"{}")
     violations = Violations()
-    worker = await connect(settings(nats_server, "worker"), "worker", "w", violations.on_error)
+    worker = await connect_as("worker", violations.on_error)
     wjs = worker.jetstream()
     psub = await wjs.pull_subscribe_bind(s.WORKERS_CONSUMER, stream=s.JOBS_STREAM)
     (msg,) = await psub.fetch(1, timeout=5)
@@ -95,17 +109,15 @@ async def test_worker_can_fetch_ack_and_publish_events(nats_server: NatsServer) 
     assert ack.stream == s.EVENTS_STREAM
     assert (await gjs.stream_info(s.JOBS_STREAM)).state.messages == 0  # acked: gone
     assert violations.errors == []
-    await worker.close()
-    await gateway.close()
 
 
-async def test_debug_reads_streams_and_live_traffic(nats_server: NatsServer) -> None:
-    gateway = await connect(settings(nats_server, "gateway"), "gateway", "g")
+async def test_debug_reads_streams_and_live_traffic(connect_as: ConnectAs) -> None:
+    gateway = await connect_as("gateway")
     gjs = gateway.jetstream()
     await ensure_streams(gjs, StreamSettings())
     await gjs.publish(s.audit_subject("local"), b'{"action": "submit_job"}')
     violations = Violations()
-    debug = await connect(settings(nats_server, "debug"), "debug", "d", violations.on_error)
+    debug = await connect_as("debug", violations.on_error)
     djs = debug.jetstream()
     assert (await djs.stream_info(s.AUDIT_STREAM)).state.messages == 1
     stored = await djs.subscribe(s.AUDIT_ALL, stream=s.AUDIT_STREAM, ordered_consumer=True)
@@ -115,5 +127,3 @@ async def test_debug_reads_streams_and_live_traffic(nats_server: NatsServer) -> 
     await gateway.publish(s.cancel_subject("j-1"), b"{}")
     assert (await live.next_msg(timeout=5)).subject == s.cancel_subject("j-1")
     assert violations.errors == []
-    await debug.close()
-    await gateway.close()
