@@ -50,6 +50,10 @@ class NatsServer:
     def log(self) -> str:
         return self.log_file.read_text()
 
+    def settings(self, service: str) -> NatsSettings:
+        """How `service` (gateway, worker, debug) connects here, with its own identity."""
+        return NatsSettings(url=self.layout.url, creds_file=self.layout.creds_files[service])
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from bus import NatsSettings, connect
+from bus import connect
 from bus import subjects as s
 from tests.stack import NatsServer
 
@@ -56,8 +56,8 @@ async def recording_proxy(server: NatsServer, sent: bytearray) -> AsyncIterator[
 async def test_the_flush_ping_follows_the_subscribe_before_it(nats_server: NatsServer) -> None:
     sent = bytearray()
     async with recording_proxy(nats_server, sent) as url:
-        creds = nats_server.layout.creds_files["worker"]
-        nc = await connect(NatsSettings(url=url, creds_file=creds), "worker", "w")
+        settings = nats_server.settings("worker").model_copy(update={"url": url})
+        nc = await connect(settings, "worker", "w")
         connected = len(sent)  # CONNECT and its PING
         await nc.subscribe(s.CANCEL_ALL)
         await nc.flush()

@@ -25,10 +25,6 @@ from tests.stack import NatsServer, free_port, start_nats, wait_for_port
 _FAST = 3.0  # a refused connection fails within this, instead of the 30 s default
 
 
-def as_service(server: NatsServer, service: str) -> NatsSettings:
-    return NatsSettings(url=server.layout.url, creds_file=server.layout.creds_files[service])
-
-
 def with_creds(server: NatsServer, tmp_path: Path, creds: ServiceCredentials) -> NatsSettings:
     path = tmp_path / "impostor.json"
     path.write_text(creds.model_dump_json(exclude_none=True))
@@ -73,13 +69,13 @@ async def test_credentials_files_are_private(nats_server: NatsServer) -> None:
 async def test_wrong_password_is_refused(tmp_path: Path) -> None:
     server = start_nats(tmp_path, AuthMode.PASSWORD)
     try:
-        real = as_service(server, "worker").credentials()
+        real = server.settings("worker").credentials()
         assert real is not None and real.user == "worker"
         wrong = ServiceCredentials(user="worker", password=str(real.password) + "x")
         await refused(with_creds(server, tmp_path, wrong), server)
         # The right password still works, with the worker's permissions.
         violations = Violations()
-        worker = await connect(as_service(server, "worker"), "worker", "w", violations.on_error)
+        worker = await connect(server.settings("worker"), "worker", "w", violations.on_error)
         await worker.publish(s.job_subject("forged"), b"{}")
         await violations.wait_for(f'publish to "{s.job_subject("forged")}"')
         await worker.close()
@@ -96,15 +92,15 @@ def tls_server(tmp_path: Path) -> NatsServer:
 
 async def test_each_certificate_is_its_services_identity(tls_server: NatsServer) -> None:
     assert tls_server.layout.url.startswith("tls://")
-    gateway = await connect(as_service(tls_server, "gateway"), "gateway", "g")
+    gateway = await connect(tls_server.settings("gateway"), "gateway", "g")
     await gateway.publish(s.job_subject("t1"), b"{}")  # allowed for the gateway
     await gateway.flush()
     violations = Violations()
-    worker = await connect(as_service(tls_server, "worker"), "worker", "w", violations.on_error)
+    worker = await connect(tls_server.settings("worker"), "worker", "w", violations.on_error)
     await worker.publish(s.job_subject("t1"), b"{}")  # the worker's certificate may not
     await violations.wait_for(f'publish to "{s.job_subject("t1")}"')
     debug_violations = Violations()
-    debug = await connect(as_service(tls_server, "debug"), "debug", "d", debug_violations.on_error)
+    debug = await connect(tls_server.settings("debug"), "debug", "d", debug_violations.on_error)
     await debug.publish(s.events_subject("r-1", "j-1"), b"{}")
     await debug_violations.wait_for(f'publish to "{s.events_subject("r-1", "j-1")}"')
     for client in (gateway, worker, debug):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from nats.aio.client import Client as NATS
 
-from bus import NatsSettings, StreamSettings, connect, ensure_streams
+from bus import StreamSettings, connect, ensure_streams
 from bus import subjects as s
 from bus.connection import ErrorCallback
 from tests.bus.violations import Violations
@@ -23,9 +23,7 @@ async def connect_as(nats_server: NatsServer) -> AsyncIterator[ConnectAs]:
     clients: list[NATS] = []
 
     async def connecting(service: str, error_cb: ErrorCallback | None = None) -> NATS:
-        creds = nats_server.layout.creds_files[service]
-        settings = NatsSettings(url=nats_server.layout.url, creds_file=creds)
-        clients.append(await connect(settings, service, service, error_cb))
+        clients.append(await connect(nats_server.settings(service), service, service, error_cb))
         return clients[-1]
 
     yield connecting

@@ -22,7 +22,6 @@ from bus import (
     FinishedEvent,
     JobRecord,
     JobResult,
-    NatsSettings,
     OutputEvent,
     RunChunk,
     RunMember,
@@ -50,14 +49,10 @@ Seen = tuple[int, str, str]  # id, event, stdout text (or the finished job's id)
 _SETTLE_S = 10.0
 
 
-def settings(server: NatsServer, service: str) -> NatsSettings:
-    return NatsSettings(url=server.layout.url, creds_file=server.layout.creds_files[service])
-
-
 @pytest.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[GatewayBus]:
     gateway = await GatewayBus.start(
-        settings(nats_server, "gateway"), StreamSettings(), WorkerRegistry(10.0)
+        nats_server.settings("gateway"), StreamSettings(), WorkerRegistry(10.0)
     )
     yield gateway
     await gateway.close()
@@ -65,14 +60,14 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[GatewayBus]:
 
 @pytest.fixture
 async def worker(nats_server: NatsServer, bus: GatewayBus) -> AsyncIterator[JetStreamContext]:
-    nc = await connect(settings(nats_server, "worker"), "worker", "test-worker")
+    nc = await connect(nats_server.settings("worker"), "worker", "test-worker")
     yield nc.jetstream()
     await nc.close()
 
 
 @pytest.fixture
 async def debug(nats_server: NatsServer, bus: GatewayBus) -> AsyncIterator[JetStreamContext]:
-    nc = await connect(settings(nats_server, "debug"), "debug", "test-debug")
+    nc = await connect(nats_server.settings("debug"), "debug", "test-debug")
     yield nc.jetstream()
     await nc.close()
 

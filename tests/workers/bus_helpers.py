@@ -13,7 +13,6 @@ from bus import (
     JobEvent,
     JobMessage,
     JobSpec,
-    NatsSettings,
     StreamSettings,
     connect,
     ensure_streams,
@@ -25,13 +24,9 @@ from bus import subjects as s
 from tests.stack import NatsServer
 
 
-def as_service(server: NatsServer, service: str) -> NatsSettings:
-    return NatsSettings(url=server.layout.url, creds_file=server.layout.creds_files[service])
-
-
 @asynccontextmanager
 async def connected(server: NatsServer, service: str) -> AsyncIterator[NATS]:
-    nc = await connect(as_service(server, service), service, f"test-{service}")
+    nc = await connect(server.settings(service), service, f"test-{service}")
     try:
         yield nc
     finally:

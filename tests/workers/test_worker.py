@@ -26,7 +26,6 @@ from bus import subjects as s
 from sandbox import create_sandbox
 from tests.stack import NatsServer
 from tests.workers.bus_helpers import (
-    as_service,
     connected,
     ensure_layout,
     new_job,
@@ -45,7 +44,7 @@ async def running_worker(
     settings = WorkerSettings(
         worker_id=worker_id, concurrency=concurrency, fetch_wait_s=0.2, shutdown_grace_s=5
     )
-    service = Worker(settings, as_service(server, "worker"), create_sandbox("bwrap"))
+    service = Worker(settings, server.settings("worker"), create_sandbox("bwrap"))
     running = asyncio.create_task(service.run())
     try:
         yield service
