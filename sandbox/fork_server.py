@@ -1,7 +1,7 @@
-"""Python jobs through the bwrap backend's fork server: one zygote, and inits built ahead.
+"""Python jobs through the bwrap backend's fork server: one zygote, and sandboxes built ahead.
 
 `BwrapSandbox` hands a Python job here. The fork server (`zygote.py`) is started on first
-use and replaced when found dead; a few job inits wait, each already in a cgroup, with its
+use and replaced when found dead; a few job sandboxes wait, each already in a cgroup, with its
 namespaces, /proc, dirs, privileges dropped and the job's process forked
 (`zygote_server.py`), so that a job starts with only its files, its limits and its code.
 """
@@ -19,27 +19,27 @@ from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import execute
 from sandbox.models import ExecLimits, ExecResult, ExecSpec, OutputSink, Verdict
 from sandbox.seccomp import job_program, zygote_program
-from sandbox.zygote import ArgvFactory, DirSizes, ReadyInit, Zygote, ZygoteGoneError, ZygoteJob
+from sandbox.zygote import ArgvFactory, DirSizes, ReadySandbox, Zygote, ZygoteGoneError, ZygoteJob
 
 log = logging.getLogger(__name__)
 
-_READY_INITS = 2  # inits built ahead of their jobs: jobs start without waiting for one
+_READY_SANDBOXES = 2  # built ahead of their jobs: jobs start without waiting for one
 _ABANDON_WAIT_S = 2.0
 _DEATH_WAIT_S = 1.0
 _ABANDON_POLL_S = 0.01
 
-Ready = tuple[JobCgroup, ReadyInit]
+Ready = tuple[JobCgroup, ReadySandbox]
 
 
 class ForkServer:
-    """Runs jobs in inits forked by one live zygote, started with `argv`."""
+    """Runs jobs in processes forked by one live zygote, started with `argv`."""
 
     def __init__(self, argv: ArgvFactory, sizes: DirSizes) -> None:
         self._argv = argv
         self._sizes = sizes  # of the dirs of the sandboxes built ahead: the default limits'
         self._zygote: Zygote | None = None
         self._lock = asyncio.Lock()
-        self._ready: list[Ready] = []  # inits waiting for their job
+        self._ready: list[Ready] = []  # sandboxes waiting for their job
         self._refill: asyncio.Task[None] | None = None
         self._usable = True  # False once it could not start here, or after close()
         self._remover = Remover()  # cgroups of ended jobs, going
@@ -105,12 +105,12 @@ class ForkServer:
         spec: ExecSpec,
         on_output: OutputSink,
     ) -> ExecResult:
-        cgroup, init = await self._take_ready(zygote, sizes)
+        cgroup, sandbox = await self._take_ready(zygote, sizes)
         process = None
         try:
             cgroup.rename(spec.job_id)
             cgroup.apply(spec.limits)
-            process = await init.start(job, spec.stdin)
+            process = await sandbox.start(job, spec.stdin)
             result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
             if not process.reported and result.verdict is Verdict.RUNTIME_ERROR:
                 # Killed without a word, by none of the limits: if the fork server is going
@@ -124,7 +124,7 @@ class ForkServer:
             return result
         finally:
             if process is None:
-                init.discard()
+                sandbox.discard()
                 await cgroup.kill()
             else:
                 process.close()
@@ -147,8 +147,8 @@ class ForkServer:
         dropped its privileges: such a job waits for a sandbox of its own."""
         gone = [entry for entry in self._ready if not entry[1].waiting]
         self._ready[:] = [entry for entry in self._ready if entry not in gone]
-        for cgroup, init in gone:
-            await _discard(cgroup, init)
+        for cgroup, sandbox in gone:
+            await _discard(cgroup, sandbox)
         for entry in self._ready:
             if entry[1].sizes == sizes:
                 self._ready.remove(entry)
@@ -158,7 +158,7 @@ class ForkServer:
     async def _fill(self, zygote: Zygote) -> None:
         # Built between jobs, so that the next job finds its namespaces, /proc, cgroup and
         # process made: its own start is then only its files, its limits and its code.
-        while len(self._ready) < _READY_INITS and zygote.alive:
+        while len(self._ready) < _READY_SANDBOXES and zygote.alive:
             try:
                 self._ready.append(await _prepare(zygote, self._sizes))
             except ZygoteGoneError:
@@ -185,9 +185,9 @@ async def _prepare(zygote: Zygote, sizes: DirSizes) -> Ready:
 
 
 def _abandon(zygote: Zygote, ready: list[Ready], remover: Remover) -> None:
-    for _, init in ready:
-        init.discard()
-    zygote.stop()  # its inits die with it
+    for _, sandbox in ready:
+        sandbox.discard()
+    zygote.stop()  # the processes it forked die with it
     deadline = time.monotonic() + _ABANDON_WAIT_S
     for cgroup, _ in ready:
         while not cgroup.empty and time.monotonic() < deadline:
@@ -197,7 +197,7 @@ def _abandon(zygote: Zygote, ready: list[Ready], remover: Remover) -> None:
     remover.close()
 
 
-async def _discard(cgroup: JobCgroup, init: ReadyInit) -> None:
-    init.discard()
+async def _discard(cgroup: JobCgroup, sandbox: ReadySandbox) -> None:
+    sandbox.discard()
     await cgroup.kill()
     cgroup.remove()

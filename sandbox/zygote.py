@@ -1,15 +1,15 @@
 """The worker's side of the fork server: start it, and ask it for one fresh sandbox per job.
 
 The zygote (`zygote_server.py`) is a Python interpreter started once inside bubblewrap. A
-job then costs two forks of an interpreter that is already running instead of a new
+job then costs one fork of an interpreter that is already running instead of a new
 bubblewrap sandbox and a new interpreter: a few milliseconds instead of tens.
 
-Per job, over a socket pair of its own: the job's init process says hello, and the kernel
-attaches the pid that the worker sees; the worker moves that process into the job's cgroup
-and only then lets it build the rest, so nothing of the job runs outside its cgroup. The job
-goes straight to the job's process, on a second socket pair, and the init reports how it
-ended on the first. Output comes back on pipes, as from a subprocess; stdin is handed over
-whole, in a read-only memfd.
+Per job, two socket pairs. On the job's own, its process says hello, and the kernel attaches
+the pid that the worker sees; the worker moves that process into the job's cgroup and only
+then lets it build the rest, so nothing of the job runs outside its cgroup; the job goes
+down the same socket later. On the report socket, which the job's process never holds, the
+zygote says how the job ended. Output comes back on pipes, as from a subprocess; stdin is
+handed over whole, in a read-only memfd.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _LAST_WORDS_CHARS = 2000
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _LEN = struct.Struct("!I")
 _SETTLED = struct.Struct("!cII")  # b"M", then the sizes (MiB) of the dirs and /dev/shm
-_STATUS = struct.Struct("!i")  # the init's report: how the job ended
+_STATUS = struct.Struct("!i")  # the zygote's report: how the job ended
 
 # Builds the zygote's command line from the fds it inherits: the control socket, the job
 # seccomp program, and the seccomp program bwrap applies to the zygote itself.
@@ -129,7 +129,7 @@ class ZygoteProcess:
         self.stderr = output.stderr
         self._output = output
         self._status = asyncio.create_task(self._read_status(sock))
-        self.reported = False  # True once the init process said how the job ended
+        self.reported = False  # True once the zygote said how the job ended
 
     @property
     def returncode(self) -> int | None:
@@ -139,10 +139,10 @@ class ZygoteProcess:
         return await asyncio.shield(self._status)
 
     def kill(self) -> None:
-        """Nothing to do beyond the cgroup's kill: the init joined it before its job came."""
+        """Nothing to do beyond the cgroup's kill: the process joined it before its job came."""
 
     async def _read_status(self, sock: socket.socket) -> int:
-        # Read as soon as it is whole, not at the socket's end: the init's exit (its
+        # Read as soon as it is whole, not at the socket's end: the namespace's end (its
         # namespaces and mounts torn down) takes a millisecond or two more.
         loop = asyncio.get_running_loop()
         data = b""
@@ -168,7 +168,7 @@ class ZygoteProcess:
         self._output.close()
 
 
-class ReadyInit:
+class ReadySandbox:
     """A job's sandbox, built inside its cgroup: its process waits for the job."""
 
     def __init__(
@@ -181,7 +181,7 @@ class ReadyInit:
 
     @property
     def waiting(self) -> bool:
-        """False once the init is gone (it says nothing more until its job has ended)."""
+        """False once its process is gone (the zygote says nothing until it has ended)."""
         if self._sock is None:
             return False
         readable, _, _ = select.select([self._sock], [], [], 0)
@@ -190,7 +190,7 @@ class ReadyInit:
     async def start(self, job: ZygoteJob, stdin: str) -> ZygoteProcess:
         """Send the job (and its stdin) to the job's process, which starts the program."""
         if self._sock is None or self._output is None:
-            raise ZygoteGoneError("this init was discarded")
+            raise ZygoteGoneError("this sandbox was discarded")
         sock, self._sock = self._sock, None
         output, self._output = self._output, None
         body = job.model_dump_json().encode()
@@ -205,7 +205,7 @@ class ReadyInit:
             sock.close()
             output.close()
             if isinstance(exc, OSError):
-                raise ZygoteGoneError(f"the job's init is gone: {exc!r}") from exc
+                raise ZygoteGoneError(f"the job's process is gone: {exc!r}") from exc
             raise
         finally:
             os.close(stdin_fd)
@@ -213,7 +213,7 @@ class ReadyInit:
         return ZygoteProcess(sock, output)
 
     def discard(self) -> None:
-        """Let the init go without a job (its job's process exits when its socket closes)."""
+        """Let the sandbox go without a job (its process exits when its socket closes)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -275,15 +275,17 @@ class Zygote:
         control.setblocking(False)
         self._control = control
 
-    async def prepare(self, cgroup: JobCgroup, sizes: DirSizes) -> ReadyInit:
-        """Fork a job's init into `cgroup`; it builds all that needs no job (its dirs of
-        `sizes`), and its job's process waits for one."""
+    async def prepare(self, cgroup: JobCgroup, sizes: DirSizes) -> ReadySandbox:
+        """Fork a job's process into `cgroup`; it builds all that needs no job (its dirs of
+        `sizes`), then waits for one."""
         if self._control is None or not self.alive:
             raise ZygoteGoneError("the fork server is not running")
+        # The report socket: how the job ended, written by the zygote, never by the job.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
+        # The job's socket: its process says hello (with its pid), then gets the job.
         job_ours, job_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        job_ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         job_ours.setblocking(False)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
@@ -295,7 +297,7 @@ class Zygote:
             os.close(out_write)
             os.close(err_write)
             raise
-        ready = ReadyInit(ours, job_ours, sizes, output)
+        ready = ReadySandbox(ours, job_ours, sizes, output)
         handed = [theirs.fileno(), job_theirs.fileno(), out_write, err_write]
         try:
             self._control.sendmsg(
@@ -303,16 +305,16 @@ class Zygote:
             )
             # Not wait_for: on Python 3.11 it loses a cancel that lands as the hello comes.
             async with asyncio.timeout(_HELLO_TIMEOUT_S):
-                pid = await _hello_pid(ours)
+                pid = await _hello_pid(job_ours)
             # Before the job is sent: nothing of it runs outside its cgroup. In a thread: a
             # move can wait for an RCU grace period, which must not stall the worker's loop.
             await _finished(asyncio.ensure_future(asyncio.to_thread(cgroup.join, pid)))
             settled = _SETTLED.pack(b"M", sizes.disk_mb, sizes.shm_mb)
-            await asyncio.get_running_loop().sock_sendall(ours, settled)
+            await asyncio.get_running_loop().sock_sendall(job_ours, settled)
         except BaseException as exc:
             ready.discard()
             if isinstance(exc, (OSError, TimeoutError)):
-                raise ZygoteGoneError(f"the fork server did not fork an init: {exc!r}") from exc
+                raise ZygoteGoneError(f"the fork server did not fork a job: {exc!r}") from exc
             raise
         finally:
             theirs.close()
@@ -349,7 +351,7 @@ async def _finished(work: asyncio.Future[None]) -> None:
     """Await `work` (in a thread); if cancelled, still until the thread is done with it.
 
     A thread cannot be stopped: a move into a cgroup that goes on after its caller gave up
-    would land the init in the cgroup after the clean-up had found it empty to remove.
+    would land the process in the cgroup after the clean-up had found it empty to remove.
     """
     try:
         await asyncio.shield(work)

