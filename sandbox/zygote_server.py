@@ -32,9 +32,11 @@ not kill itself as it can anywhere else), and a forked interpreter as pid 1 woul
 second copy of the zygote's page tables per job, and its exit. A clone that shares them costs
 neither. It never runs Python: the zygote installs no signal handler (every disposition is
 the default or ignored), so the clone stays in pause() until it is killed. Orphans of the job
-become its children; it cannot reap them (it runs no code), so they stay zombies until the
-namespace goes with the job. The job cannot signal it (pid 1 drops what it does not handle),
-trace it or read its memory (it holds the zygote's capabilities and is not dumpable).
+become its children: on kernels that keep a reaped child's exit status for its pidfd (6.15
+and later) the zygote ignores SIGCHLD, and so does each init (a copy of our dispositions), so
+the kernel reaps them as they exit; on older ones they stay zombies until the namespace goes
+with the job. The job cannot signal the init (pid 1 drops what it does not handle), trace it
+or read its memory (it holds the zygote's capabilities and is not dumpable).
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _SECCOMP_MODE_FILTER = 2
 _CAPABILITY_VERSION_3 = 0x20080522
+_PIDFD_GET_INFO = 0xC040FF0B  # _IOWR(0xFF, 11, struct pidfd_info): Linux 6.13
+_PIDFD_INFO_EXIT = 1 << 3  # how a task ended, kept after it is reaped: Linux 6.15
+_PIDFD_INFO = struct.Struct("Q56x")  # the request mask, then the fields we do not read
+_PIDFD_EXIT_STATUS = struct.Struct("60xi")  # ... and the wait status, at its end
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 # What bwrap's --proc leaves read-only: kernel knobs a job must not even try to turn.
@@ -164,6 +170,53 @@ def _returncode(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def _send_status(report: socket.socket, returncode: int) -> None:
+    try:
+        report.sendall(_STATUS.pack(returncode))
+    except OSError:
+        pass  # the worker let this sandbox go already
+    finally:
+        report.close()
+
+
+def _exit_status(pidfd: int) -> int:
+    """How the process behind `pidfd` ended (a wait status), reaped or not."""
+    info = bytearray(_PIDFD_INFO.size)
+    _PIDFD_INFO.pack_into(info, 0, _PIDFD_INFO_EXIT)
+    fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info)
+    if not _PIDFD_INFO.unpack_from(info)[0] & _PIDFD_INFO_EXIT:
+        raise OSError(f"no exit status for pidfd {pidfd}")
+    (status,) = _PIDFD_EXIT_STATUS.unpack_from(info)
+    return status
+
+
+def _exit_status_kept() -> bool:
+    """Whether the kernel keeps how a child ended for its pidfd once it is reaped (6.15+).
+
+    Then children can be reaped by the kernel, and inits can be made to reap theirs; older
+    kernels give the status to `waitpid` only, and the job's orphans stay zombies."""
+    ignored = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    go, wait = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:
+            os.read(go, 1)
+            os._exit(7)
+        pidfd = os.pidfd_open(child)
+        os.write(wait, b"x")
+        select.select([pidfd], [], [])
+        try:
+            return os.waitstatus_to_exitcode(_exit_status(pidfd)) == 7
+        except OSError:
+            return False
+        finally:
+            os.close(pidfd)
+    finally:
+        os.close(go)
+        os.close(wait)
+        signal.signal(signal.SIGCHLD, ignored)
+
+
 class _Job:
     """What the job process runs, once its sandbox is built and its job has come."""
 
@@ -196,6 +249,7 @@ class Zygote:
                 int(line.split()[1], 16) for line in status if line.startswith("CapBnd")
             )
         self.bounding_caps = [cap for cap in range(bounding.bit_length()) if bounding >> cap & 1]
+        self.reaps = _exit_status_kept()
         self.jobs: dict[int, _Running] = {}  # by the pidfd of the job's process
         # Each init's pid and the stack it runs on (in our memory: kept until it is reaped).
         self.inits: dict[int, tuple[int, ctypes.Array[ctypes.c_char]]] = {}  # by pidfd
@@ -207,6 +261,11 @@ class Zygote:
         # An init shares this memory and a copy of our signal dispositions: were any a
         # handler, a signal to an init would run it there, and raise it in here. None is.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.reaps:
+            # Ignored SIGCHLD: the kernel reaps our children, and each init's, as they exit,
+            # so the orphans a job leaves do not stay zombies. How a job ended is still ours
+            # to read, from its pidfd.
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         # Not dumpable: neither a job (the same uid) nor anything in a job's namespace can
         # trace this process or its inits, or read their memory or descriptors.
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
@@ -263,7 +322,15 @@ class Zygote:
             if init_pid > 0:
                 os.kill(init_pid, signal.SIGKILL)
             return None
-        self.jobs[os.pidfd_open(pid)] = _Running(pid, report, init_pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            # Gone and reaped already: it never reached its job, which only a sandbox that
+            # could not be set up does.
+            _send_status(report, _SETUP_FAILED)
+            os.kill(init_pid, signal.SIGKILL)
+            return None
+        self.jobs[pidfd] = _Running(pid, report, init_pid)
         return None
 
     def _fork(self, stack: ctypes.Array[ctypes.c_char]) -> tuple[int, int]:
@@ -284,21 +351,22 @@ class Zygote:
     def _report(self, pidfd: int) -> None:
         """The job's process exited: say how, then let its namespace go."""
         job = self.jobs.pop(pidfd)
-        os.close(pidfd)
-        _, status = os.waitpid(job.pid, 0)
         try:
-            job.report.sendall(_STATUS.pack(_returncode(status)))
+            status = _exit_status(pidfd) if self.reaps else os.waitpid(job.pid, 0)[1]
         except OSError:
-            pass  # the worker let this sandbox go already
+            job.report.close()  # unknown: the worker takes the job as killed
+        else:
+            _send_status(job.report, _returncode(status))
         finally:
-            job.report.close()
+            os.close(pidfd)
         # The init leaving takes every process left in the namespace with it.
         os.kill(job.init_pid, signal.SIGKILL)
 
     def _bury(self, pidfd: int) -> None:
-        init_pid, _ = self.inits.pop(pidfd)  # its stack is free once it is reaped
+        init_pid, _ = self.inits.pop(pidfd)  # its stack is free once it has exited
         os.close(pidfd)
-        os.waitpid(init_pid, 0)
+        if not self.reaps:
+            os.waitpid(init_pid, 0)
 
 
 class JobProcess:
@@ -341,8 +409,10 @@ class JobProcess:
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
         os.closerange(_FIRST_KEPT_FD, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        # As python3 starts: SIGINT raises KeyboardInterrupt (SIGPIPE and SIGXFSZ stay ignored).
+        # As python3 starts: SIGINT raises KeyboardInterrupt, a child's exit is the job's to
+        # wait for (SIGPIPE and SIGXFSZ stay ignored).
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
         for limit, value in (
             (resource.RLIMIT_CORE, 0),

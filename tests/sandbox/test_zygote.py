@@ -153,6 +153,25 @@ async def test_a_job_holds_nothing_of_the_fork_server_or_of_another_job(
     assert held == {"0": "/memfd", "1": "pipe", "2": "pipe"}, result
 
 
+async def test_orphans_that_exit_are_reaped_as_by_an_init(forked: BwrapSandbox) -> None:
+    # Each round leaves an orphan that exits: were none reaped, their zombies would use up
+    # the job's 16 processes long before the 40 rounds are done.
+    code = (
+        "import os\n"
+        "for _ in range(40):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        if os.fork() == 0:\n"
+        "            os._exit(0)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "print('done')\n"
+    )
+    result = await run(forked, code, limits={"processes": 16})
+    # A fork refused (EAGAIN) would fail in the child: its traceback on stderr.
+    assert (result.verdict, result.stdout, result.stderr) == (Verdict.ACCEPTED, "done\n", ""), result
+
+
 async def test_concurrent_jobs_each_get_their_own_sandbox(forked: BwrapSandbox) -> None:
     code = (
         "import os, sys, time\n"
