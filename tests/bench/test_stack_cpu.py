@@ -10,6 +10,8 @@ import time
 import pytest
 
 from bench import stack_cpu
+from sandbox import ExecSpec, OutputChunk, Verdict
+from sandbox.bwrap import BwrapSandbox
 
 _MARK = "crucible-test-kind"
 # Burns 0.3 s of CPU (not of wall time: a loaded machine only makes it take longer).
@@ -45,3 +47,23 @@ def test_a_reaped_unnamed_child_counts_in_its_ancestors_kind(
     # The burner is gone, reaped by the marked process: its 0.3 s show there, and only there.
     assert set(spent) == {"test kind"}
     assert 0.3 <= spent["test kind"] < 1.5, spent
+
+
+async def test_a_fork_server_jobs_cpu_counts_though_no_process_reaps_it() -> None:
+    # The kernel reaps the fork server's jobs: their CPU is in their cgroups' figures only.
+    sandbox = BwrapSandbox()
+    await sandbox.check()
+    assert sandbox.fast_path
+    try:
+        before = stack_cpu.job_cgroups_cpu_s()
+        spec = ExecSpec(job_id="j-burn", language="python", code=_BURNER)
+        result = await sandbox.run(spec, _ignore)
+        spent = stack_cpu.job_cgroups_cpu_s() - before
+    finally:
+        await sandbox.close()
+    assert result.verdict is Verdict.ACCEPTED, result
+    assert spent >= 0.3, spent  # other jobs on the machine may add to it, never take away
+
+
+async def _ignore(chunk: OutputChunk) -> None:
+    pass
