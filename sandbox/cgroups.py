@@ -119,9 +119,15 @@ def sweep_stale(min_age_s: float = STALE_AFTER_S) -> int:
 
 @dataclass
 class JobCgroup:
-    """One job's cgroup in every controller; `remove()` after `kill()`."""
+    """One job's cgroup in every controller; `remove()` after `kill()`.
+
+    A cgroup may serve one job after another (`reset()` between them): its directories then
+    outlive each job, which saves making and removing ten of them per job.
+    """
 
     dirs: dict[str, str]  # controller -> the job's directory in it
+    limits: ExecLimits | None = None  # the caps set now
+    oom_kills_before: int = 0  # the kernel's count of OOM kills when this job began
 
     @classmethod
     def create(cls, job_id: str, limits: ExecLimits) -> JobCgroup:
@@ -138,6 +144,8 @@ class JobCgroup:
 
     def apply(self, limits: ExecLimits) -> None:
         """Set the memory and process caps (also to lower them between compile and run)."""
+        if limits == self.limits:
+            return
         memory = self.dirs["memory"]
         limit = str(limits.memory_mb * _MIB)
         memsw = f"{memory}/memory.memsw.limit_in_bytes"
@@ -148,19 +156,31 @@ class JobCgroup:
         for path in order if int(limit) <= current else reversed(order):
             _write(path, limit)
         _write(f"{self.dirs['pids']}/pids.max", limits.processes)
+        self.limits = limits
+
+    @property
+    def busy(self) -> bool:
+        """True while any process is in it, a zombie included: not yet free for another job."""
+        return _read_int(f"{self.dirs['pids']}/pids.current") > 0
+
+    def reset(self) -> None:
+        """Ready it, empty, for another job: its peak memory, CPU time and failures counted
+        from now (the OOM kill count cannot be reset: it is counted from here)."""
+        memory = self.dirs["memory"]
+        _write(f"{memory}/memory.max_usage_in_bytes", 0)
+        _write(f"{memory}/memory.failcnt", 0)
+        _write(f"{self.dirs['cpuacct']}/cpuacct.usage", 0)
+        self.oom_kills_before = self._oom_kills() or 0
+
+    def touch(self) -> None:
+        """Date its directories now: `sweep_stale` takes an old empty one for a dead worker's."""
+        for path in self.dirs.values():
+            os.utime(path)
 
     @property
     def procs_files(self) -> list[str]:
         """Where the job's first process writes its pid, once per controller."""
         return [f"{path}/cgroup.procs" for path in self.dirs.values()]
-
-    def rename(self, job_id: str) -> None:
-        """Name a cgroup made before its job was known after the job (v1 renames in place)."""
-        name = _name(job_id)
-        for controller, path in self.dirs.items():
-            renamed = os.path.join(os.path.dirname(path), name)
-            os.rename(path, renamed)
-            self.dirs[controller] = renamed
 
     def join(self, pid: int) -> None:
         """Move process `pid` into the job's cgroup in every controller."""
@@ -179,12 +199,18 @@ class JobCgroup:
 
     def oom_killed(self) -> bool:
         """True when the kernel killed a process of the job for exceeding its memory."""
+        kills = self._oom_kills()
+        if kills is not None:
+            return kills > self.oom_kills_before
+        # Older kernels do not count OOM kills; hitting the limit at all is the best sign.
+        return _read_int(f"{self.dirs['memory']}/memory.failcnt") > 0
+
+    def _oom_kills(self) -> int | None:
         for line in _read(f"{self.dirs['memory']}/memory.oom_control").splitlines():
             key, _, value = line.partition(b" ")
             if key == b"oom_kill":
-                return int(value) > 0
-        # Older kernels do not count OOM kills; hitting the limit at all is the best sign.
-        return _read_int(f"{self.dirs['memory']}/memory.failcnt") > 0
+                return int(value)
+        return None
 
     @property
     def empty(self) -> bool:

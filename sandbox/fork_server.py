@@ -14,6 +14,7 @@ import time
 import weakref
 from contextlib import suppress
 
+from sandbox.cgroup_pool import CgroupPool
 from sandbox.cgroups import JobCgroup, Remover
 from sandbox.errors import SandboxUnavailableError
 from sandbox.execution import execute
@@ -27,6 +28,7 @@ _READY_SANDBOXES = 2  # built ahead of their jobs: jobs start without waiting fo
 _ABANDON_WAIT_S = 2.0
 _DEATH_WAIT_S = 1.0
 _ABANDON_POLL_S = 0.01
+_SETTLE_S = 5.0  # killed processes are gone within milliseconds
 
 Ready = tuple[JobCgroup, ReadySandbox]
 
@@ -42,7 +44,8 @@ class ForkServer:
         self._ready: list[Ready] = []  # sandboxes waiting for their job
         self._refill: asyncio.Task[None] | None = None
         self._usable = True  # False once it could not start here, or after close()
-        self._remover = Remover()  # cgroups of ended jobs, going
+        self._remover = Remover()  # cgroups no longer needed, going
+        self._cgroups = CgroupPool(self._remover)  # cgroups of ended jobs, for the next ones
 
     @property
     def alive(self) -> bool:
@@ -71,10 +74,13 @@ class ForkServer:
             with suppress(asyncio.CancelledError):
                 await self._refill
         while self._ready:
-            await _discard(*self._ready.pop())
+            await self._discard(*self._ready.pop())
         if self._zygote is not None:
             await asyncio.to_thread(self._zygote.stop)
             self._zygote = None
+        for cgroup in self._cgroups.drain():
+            await cgroup.kill()
+            self._remover.remove(cgroup)
         await self.settle()
         self._remover.close()
 
@@ -93,7 +99,7 @@ class ForkServer:
                 self._usable = False
                 return None
             # A sandbox dropped unclosed leaves no process, socket or cgroup behind.
-            weakref.finalize(self, _abandon, zygote, self._ready, self._remover)
+            weakref.finalize(self, _abandon, zygote, self._ready, self._cgroups, self._remover)
             self._zygote = zygote
             return zygote
 
@@ -108,7 +114,6 @@ class ForkServer:
         cgroup, sandbox = await self._take_ready(zygote, sizes)
         process = None
         try:
-            cgroup.rename(spec.job_id)
             cgroup.apply(spec.limits)
             process = await sandbox.start(job, spec.stdin)
             result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
@@ -128,16 +133,22 @@ class ForkServer:
                 await cgroup.kill()
             else:
                 process.close()
-            # Off the job's way: removing a memory cgroup whose namespaces the kernel is still
-            # tearing down takes milliseconds; the remover waits until the kernel is done.
-            self._remover.remove(cgroup)
+            # For a later job once its processes are gone (the kernel may still be tearing
+            # them down): no cgroup is made or removed per job.
+            self._cgroups.give_back(cgroup)
             # Built once the job is done, not beside it: on few cores, building the next
             # sandbox would slow this job down. Another still waits for the next job.
             if self._usable and (self._refill is None or self._refill.done()):
                 self._refill = asyncio.create_task(self._fill(zygote))
 
     async def settle(self) -> None:
-        """Until the cgroups of the jobs that ended are removed."""
+        """Until the processes of the jobs that ended are gone, and the cgroups no longer
+        needed removed."""
+        deadline = time.monotonic() + _SETTLE_S
+        while any(cgroup.busy for cgroup in self._cgroups.idle):
+            if time.monotonic() > deadline:
+                raise SandboxUnavailableError("a job's processes outlived its kill")
+            await asyncio.sleep(_ABANDON_POLL_S)
         await self._remover.settle()
 
     async def _take_ready(self, zygote: Zygote, sizes: DirSizes) -> Ready:
@@ -148,56 +159,59 @@ class ForkServer:
         gone = [entry for entry in self._ready if not entry[1].waiting]
         self._ready[:] = [entry for entry in self._ready if entry not in gone]
         for cgroup, sandbox in gone:
-            await _discard(cgroup, sandbox)
+            await self._discard(cgroup, sandbox)
         for entry in self._ready:
             if entry[1].sizes == sizes:
                 self._ready.remove(entry)
                 return entry
-        return await _prepare(zygote, sizes)
+        return await self._prepare(zygote, sizes)
 
     async def _fill(self, zygote: Zygote) -> None:
         # Built between jobs, so that the next job finds its namespaces, /proc, cgroup and
         # process made: its own start is then only its files, its limits and its code.
         while len(self._ready) < _READY_SANDBOXES and zygote.alive:
             try:
-                self._ready.append(await _prepare(zygote, self._sizes))
+                self._ready.append(await self._prepare(zygote, self._sizes))
             except ZygoteGoneError:
                 return  # the next job finds out, and replaces the fork server
 
+    async def _prepare(self, zygote: Zygote, sizes: DirSizes) -> Ready:
+        # The default limits until the job's own are known.
+        cgroup = self._cgroups.take() or await _new_cgroup()
+        try:
+            return cgroup, await zygote.prepare(cgroup, sizes)
+        except BaseException:
+            await cgroup.kill()
+            self._cgroups.give_back(cgroup)
+            raise
 
-async def _prepare(zygote: Zygote, sizes: DirSizes) -> Ready:
-    # The default limits until the job's own are known; the name, too, is the job's later.
+    async def _discard(self, cgroup: JobCgroup, sandbox: ReadySandbox) -> None:
+        sandbox.discard()
+        await cgroup.kill()
+        self._cgroups.give_back(cgroup)
+
+
+async def _new_cgroup() -> JobCgroup:
     # Made in a thread: its mkdirs can wait on the kernel's cgroup lock (which the removal of
-    # ended jobs' cgroups holds), and a sandbox is built as a job's result is being sent.
-    making = asyncio.ensure_future(asyncio.to_thread(JobCgroup.create, "ready", ExecLimits()))
+    # cgroups holds), and a sandbox is built as a job's result is being sent.
+    making = asyncio.ensure_future(asyncio.to_thread(JobCgroup.create, "sandbox", ExecLimits()))
     try:
-        cgroup = await asyncio.shield(making)
+        return await asyncio.shield(making)
     except asyncio.CancelledError:
         with suppress(Exception):
             (await making).remove()  # nothing is in it yet
         raise
-    try:
-        return cgroup, await zygote.prepare(cgroup, sizes)
-    except BaseException:
-        await cgroup.kill()
-        cgroup.remove()
-        raise
 
 
-def _abandon(zygote: Zygote, ready: list[Ready], remover: Remover) -> None:
+def _abandon(zygote: Zygote, ready: list[Ready], pool: CgroupPool, remover: Remover) -> None:
     for _, sandbox in ready:
         sandbox.discard()
     zygote.stop()  # the processes it forked die with it
     deadline = time.monotonic() + _ABANDON_WAIT_S
-    for cgroup, _ in ready:
+    for cgroup in [cgroup for cgroup, _ in ready] + pool.drain():
         while not cgroup.empty and time.monotonic() < deadline:
             time.sleep(_ABANDON_POLL_S)
-        cgroup.remove()
+        with suppress(OSError):
+            cgroup.remove()
     ready.clear()
     remover.close()
-
-
-async def _discard(cgroup: JobCgroup, sandbox: ReadySandbox) -> None:
-    sandbox.discard()
-    await cgroup.kill()
-    cgroup.remove()

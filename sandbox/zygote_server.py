@@ -179,6 +179,16 @@ def _send_status(report: socket.socket, returncode: int) -> None:
         report.close()
 
 
+def _reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _exit_status(pidfd: int) -> int:
     """How the process behind `pidfd` ended (a wait status), reaped or not."""
     info = bytearray(_PIDFD_INFO.size)
@@ -307,46 +317,65 @@ class Zygote:
             return None
         report = socket.socket(fileno=fds[0])
         stack = ctypes.create_string_buffer(_INIT_STACK_BYTES)
-        try:
-            init_pid, pid = self._fork(stack)
-        except OSError:
-            init_pid = pid = -1
+        init_pid = pid = pidfd = -1
+        with suppress(OSError):  # no job's process: the worker sees its socket close
+            init_pid, pid, pidfd = self._fork(stack)
         if pid == 0:
             return JobProcess(self, list(fds[1:]), report).run()
         for fd in fds[1:]:
-            os.close(fd)  # a failed fork shows as the job socket closing
+            os.close(fd)
         if init_pid > 0:
             self.inits[os.pidfd_open(init_pid)] = (init_pid, stack)
-        if pid < 0:
+        if pidfd < 0:
             report.close()
             if init_pid > 0:
                 os.kill(init_pid, signal.SIGKILL)
             return None
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            # Gone and reaped already: it never reached its job, which only a sandbox that
-            # could not be set up does.
-            _send_status(report, _SETUP_FAILED)
-            os.kill(init_pid, signal.SIGKILL)
-            return None
         self.jobs[pidfd] = _Running(pid, report, init_pid)
         return None
 
-    def _fork(self, stack: ctypes.Array[ctypes.c_char]) -> tuple[int, int]:
-        """A pid namespace's init, then the job's process in it (0 in that process)."""
+    def _fork(self, stack: ctypes.Array[ctypes.c_char]) -> tuple[int, int, int]:
+        """A pid namespace's init, then the job's process in it: their pids, and a pidfd of
+        the job's process (in that process: its pid is 0)."""
         # Our next child is pid 1 of a pid namespace of its own, the one after it pid 2;
         # then our children go back to our own namespace, so that the next job gets a new one.
         _check(_libc.unshare(_CLONE_NEWPID), "unshare pid namespace")
-        flags = _CLONE_VM | _CLONE_FS | _CLONE_FILES | signal.SIGCHLD
-        init_pid = _libc.clone(_INIT_MAIN, ctypes.addressof(stack) + len(stack), flags, _INIT_ARG)
-        pid = -1
-        if init_pid > 0:
-            with suppress(OSError):  # no job process: the worker sees its socket close
+        init_pid = pid = pidfd = -1
+        try:
+            # The init takes a copy of our signal dispositions as they are now.
+            flags = _CLONE_VM | _CLONE_FS | _CLONE_FILES | signal.SIGCHLD
+            init_pid = _libc.clone(_INIT_MAIN, ctypes.addressof(stack) + len(stack), flags,
+                                   _INIT_ARG)  # fmt: skip
+            if init_pid > 0:
+                pid, pidfd = self._fork_job()
+        finally:
+            if pid != 0:
+                _check(_libc.setns(self.pid_namespace, _CLONE_NEWPID), "setns back")
+        return init_pid, pid, pidfd
+
+    def _fork_job(self) -> tuple[int, int]:
+        """The job's process (0 in it), and its pidfd (-1 if it could not be forked)."""
+        if self.reaps:
+            # Until we hold its pidfd, the process must stay (a zombie) should it exit: a
+            # zygote slow to come back here (a busy machine) would otherwise find it reaped,
+            # and how it ended gone with it.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        pid = pidfd = -1
+        try:
+            with suppress(OSError):
                 pid = os.fork()
-        if pid != 0:
-            _check(_libc.setns(self.pid_namespace, _CLONE_NEWPID), "setns back")
-        return init_pid, pid
+            if pid == 0:
+                return 0, -1
+            if pid > 0:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    os.kill(pid, signal.SIGKILL)  # one we cannot watch must not get a job
+        finally:
+            if self.reaps and pid != 0:
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+                _reap_zombies()  # whatever exited meanwhile: its status stays with its pidfd
+        return pid, pidfd
 
     def _report(self, pidfd: int) -> None:
         """The job's process exited: say how, then let its namespace go."""

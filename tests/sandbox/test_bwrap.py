@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ async def run(code: str, chunks: list[OutputChunk] | None = None, **fields: Any)
         return await sandbox.run(spec, collect)
     finally:
         await sandbox.close()  # and the fork server's job cgroups are removed by then
+
+
+_NOBODY = "crucible-nobody"
+
+
+def _named(name: str) -> list[int]:
+    """Processes that gave themselves `name` (PR_SET_NAME), to be found from outside."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                found.append(int(entry.name))
+    return found
 
 
 def job_cgroups() -> list[str]:
@@ -151,7 +165,10 @@ async def test_no_network_not_even_the_hosts_loopback() -> None:
 
 async def test_runs_as_nobody_inside_and_outside() -> None:
     code = (
-        "import os, time\nprint(os.getuid(), os.getgid(), os.getpid(), flush=True)\ntime.sleep(1)"
+        "import ctypes, os, time\n"
+        f"ctypes.CDLL(None).prctl(15, {_NOBODY.encode()!r})\n"  # PR_SET_NAME: to be found
+        "print(os.getuid(), os.getgid(), os.getpid(), flush=True)\n"
+        "time.sleep(1)"
     )
     chunks: list[OutputChunk] = []
     task = asyncio.create_task(run(code, chunks))
@@ -159,13 +176,16 @@ async def test_runs_as_nobody_inside_and_outside() -> None:
         await asyncio.sleep(0.02)
     uid, gid, _ = "".join(c.data for c in chunks).split()
     assert (uid, gid) == ("65534", "65534")
-    # Outside, every process of the job belongs to uid 65534 too, never root.
-    owners = {
-        Path(f"/proc/{pid}").stat().st_uid
-        for cgroup in (CGROUP_ROOT / "pids" / PARENT).glob("j-test-*")
-        for pid in (cgroup / "cgroup.procs").read_text().split()
-    }
-    assert owners == {65534}
+    # Outside, every process of the job's cgroup belongs to uid 65534 too, never root.
+    (job,) = _named(_NOBODY)
+    cgroup = next(
+        line.split(":")[2]
+        for line in Path(f"/proc/{job}/cgroup").read_text().splitlines()
+        if line.split(":")[1] == "pids"
+    )
+    procs = (CGROUP_ROOT / "pids" / cgroup.lstrip("/") / "cgroup.procs").read_text().split()
+    assert job in map(int, procs)
+    assert {Path(f"/proc/{pid}").stat().st_uid for pid in procs} == {65534}
     await task
 
 
@@ -298,19 +318,28 @@ async def test_the_program_cannot_fake_the_compile_phase() -> None:
     assert (result.verdict, result.exit_code) == (Verdict.RUNTIME_ERROR, 3)
 
 
+_RUNS_ON = "crucible-runs-on"  # the name a cancelled job gives itself, to be found by
+
+
 @pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "classic"])
 async def test_a_job_cancelled_as_it_starts_is_killed(fork_server: bool) -> None:
     # Cancels landing while the sandbox is still being set up: the job must not run on (a
-    # minute here) outside the reach of the kill, nor leave its cgroup behind.
+    # minute here) outside the reach of the kill, nor leave its cgroup behind (the fork
+    # server keeps its cgroups for later jobs: each must be empty).
     sandbox = BwrapSandbox(fork_server=fork_server)
     await sandbox.check()
 
     async def ignore(chunk: OutputChunk) -> None:
         pass
 
-    spec = ExecSpec(job_id="j-test", language="python", code="import time\ntime.sleep(60)")
+    code = (
+        "import ctypes, time\n"
+        f"ctypes.CDLL(None).prctl(15, {_RUNS_ON.encode()!r})\n"  # PR_SET_NAME
+        "time.sleep(60)"
+    )
+    spec = ExecSpec(job_id="j-test", language="python", code=code)
     try:
-        for delay_s in (0, 0.002, 0.005, 0.01, 0.02, 0.05):
+        for delay_s in (0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.2):
             task = asyncio.create_task(sandbox.run(spec, ignore))
             await asyncio.sleep(delay_s)
             task.cancel()
@@ -318,5 +347,6 @@ async def test_a_job_cancelled_as_it_starts_is_killed(fork_server: bool) -> None
                 await asyncio.wait_for(task, 30)
             await sandbox.settle()
             assert job_cgroups() == []
+            assert _named(_RUNS_ON) == []
     finally:
         await sandbox.close()

@@ -169,7 +169,8 @@ async def test_orphans_that_exit_are_reaped_as_by_an_init(forked: BwrapSandbox) 
     )
     result = await run(forked, code, limits={"processes": 16})
     # A fork refused (EAGAIN) would fail in the child: its traceback on stderr.
-    assert (result.verdict, result.stdout, result.stderr) == (Verdict.ACCEPTED, "done\n", ""), result
+    outcome = (result.verdict, result.stdout, result.stderr)
+    assert outcome == (Verdict.ACCEPTED, "done\n", ""), result
 
 
 async def test_concurrent_jobs_each_get_their_own_sandbox(forked: BwrapSandbox) -> None:
@@ -296,7 +297,8 @@ def _cgroups() -> set[str]:
 
 async def test_sandboxes_built_ahead_and_never_used_leave_nothing_behind() -> None:
     # Each waits with its job's process forked: discarded (a job of other sizes passes them
-    # by, then the sandbox closes), both processes must go, and the cgroup with them.
+    # by, then the sandbox closes), its process must go, and its cgroup with it, and so
+    # must the cgroups kept for later jobs.
     before = _cgroups()
     sandbox = BwrapSandbox()
     await sandbox.check()
@@ -304,7 +306,7 @@ async def test_sandboxes_built_ahead_and_never_used_leave_nothing_behind() -> No
         for disk_mb in (ExecLimits().disk_mb, 8):
             result = await run(sandbox, "print('done')", limits={"disk_mb": disk_mb})
             assert (result.verdict, result.stdout) == (Verdict.ACCEPTED, "done\n"), result
-        assert any(name.startswith("ready-") for name in _cgroups() - before)
+        assert any(name.startswith("sandbox-") for name in _cgroups() - before)
     finally:
         await sandbox.close()
     assert _cgroups() - before == set()
