@@ -43,7 +43,9 @@ class _Phase:
 
 
 async def _watch_cpu(cgroup: JobCgroup, limit_s: float) -> None:
-    # RLIMIT_CPU caps each process; this caps the job's processes together.
+    # RLIMIT_CPU caps each process; this caps the job's processes together. Most jobs are
+    # over before the first poll; the end of a job checks the total once more anyway.
+    await asyncio.sleep(_CPU_POLL_S)
     while cgroup.cpu_time_s() < limit_s:  # noqa: ASYNC110 - polling a kernel counter
         await asyncio.sleep(_CPU_POLL_S)
 
@@ -156,7 +158,10 @@ async def execute(
             break
         # Everything the job started dies now, daemons included; the pid namespace they are
         # in goes with them, so the result need not wait for the kernel to tear them down.
-        await cgroup.kill(wait=False)
+        # Every process of the job is in each of its cgroups by now (the first joined them
+        # all before it ran anything; the rest inherit them), so one count tells if any is.
+        if cgroup.busy:
+            await cgroup.kill(wait=False)
         await process.wait()
         async with asyncio.timeout(_DRAIN_TIMEOUT_S):  # not wait_for: it can lose a cancel
             await asyncio.gather(*readers)
@@ -171,16 +176,16 @@ async def execute(
             await process.wait()
         if phase_pipe is not None:
             phase_pipe.close()
+    cpu_time_s = cgroup.cpu_time_s() - phase.cpu_base_s
     return _result(
         returncode=process.returncode,
         compiling=phase.compiling,
         wall_exceeded=not done,
-        cpu_exceeded=cpu in done
-        or cgroup.cpu_time_s() - phase.cpu_base_s >= phase.limits.cpu_time_s,
+        cpu_exceeded=cpu in done or cpu_time_s >= phase.limits.cpu_time_s,
         output=output,
         cgroup=cgroup,
         wall_time_s=time.monotonic() - phase.started,
-        cpu_time_s=cgroup.cpu_time_s() - phase.cpu_base_s,
+        cpu_time_s=cpu_time_s,
     )
 
 

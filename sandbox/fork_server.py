@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from contextlib import suppress
@@ -191,10 +192,17 @@ class ForkServer:
         self._cgroups.give_back(cgroup)
 
 
+def cgroup_prefix() -> str:
+    """How this worker's fork server names its cgroups: by the worker's pid, for operators."""
+    return f"sandbox-{os.getpid()}"
+
+
 async def _new_cgroup() -> JobCgroup:
     # Made in a thread: its mkdirs can wait on the kernel's cgroup lock (which the removal of
     # cgroups holds), and a sandbox is built as a job's result is being sent.
-    making = asyncio.ensure_future(asyncio.to_thread(JobCgroup.create, "sandbox", ExecLimits()))
+    making = asyncio.ensure_future(
+        asyncio.to_thread(JobCgroup.create, cgroup_prefix(), ExecLimits())
+    )
     try:
         return await asyncio.shield(making)
     except asyncio.CancelledError:
