@@ -65,7 +65,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys.load()  # fail start-up, not the first request, on a missing or broken keys file
-        app.state.bus = await GatewayBus.start(nats, settings.streams, registry)
+        app.state.bus = await GatewayBus.start(
+            nats, settings.streams, registry, settings.event_feed_linger_s
+        )
         refreshing = asyncio.create_task(metrics.refresh_forever(app.state.bus))
         # What start-up made lives as long as the gateway: the collector need not walk it
         # again on every full pass (a third of the CPU of accepting a large run).

@@ -34,10 +34,12 @@ from bus import (
     publish_model,
 )
 from bus import subjects as s
+from gateway.event_feed import FEED_LINGER_S, EventFeed
 from gateway.idempotency import IdempotencyKeys
 from gateway.live_tail import LiveTails
 from gateway.record_pages import RecordPages
 from gateway.run_store import RunStore
+from gateway.stored_events import DirectReader
 from gateway.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class GatewayBus:
         cancels: KeyValue,
         idempotency: IdempotencyKeys,
         max_queued_per_tenant: int,
+        feed_linger_s: float = FEED_LINGER_S,
     ):
         self._max_queued = max_queued_per_tenant
         self._nc = nc
@@ -77,6 +80,9 @@ class GatewayBus:
         self._cancels = cancels
         self.idempotency = idempotency
         self.tails = LiveTails()  # the shared live tails of followed jobs and runs
+        # New events, for the jobs' live tails; stored ones, read without a consumer.
+        self.feed = EventFeed(js, nc.new_inbox, feed_linger_s)
+        self.stored = DirectReader(nc, s.EVENTS_STREAM)
 
     @property
     def nc(self) -> NATS:
@@ -90,7 +96,11 @@ class GatewayBus:
 
     @classmethod
     async def start(
-        cls, nats: NatsSettings, streams: StreamSettings, registry: WorkerRegistry
+        cls,
+        nats: NatsSettings,
+        streams: StreamSettings,
+        registry: WorkerRegistry,
+        feed_linger_s: float = FEED_LINGER_S,
     ) -> GatewayBus:
         """Connect as `gateway`, create the streams, and start listening to heartbeats."""
         nc = await connect(nats, service="gateway", name="crucible-gateway")
@@ -100,7 +110,18 @@ class GatewayBus:
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
         cancels = await js.key_value(s.CANCELS_BUCKET)
         idempotency = IdempotencyKeys(await js.key_value(s.IDEMPOTENCY_BUCKET))
-        bus = cls(nc, js, kv, registry, runs, cancels, idempotency, streams.max_queued_per_tenant)
+        bus = cls(
+            nc,
+            js,
+            kv,
+            registry,
+            runs,
+            cancels,
+            idempotency,
+            streams.max_queued_per_tenant,
+            feed_linger_s,
+        )
+        await bus.stored.start()
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
 
@@ -116,6 +137,7 @@ class GatewayBus:
             raise BusUnavailableError(f"could not record a cancel: {exc!r}") from exc
 
     async def close(self) -> None:
+        await self.feed.close()
         await self._nc.drain()
 
     @property

@@ -38,11 +38,13 @@ _SETTLE_S = 10.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Its own stack: the consumer and tail counts below are this module's alone.
-    unlimited = {
+    env = {
         "CRUCIBLE_RATE_LIMIT__BURST": "100000",
         "CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S": "1e5",
+        # The jobs' event feed (one consumer) stops soon after its last watcher leaves.
+        "CRUCIBLE_EVENT_FEED_LINGER_S": "0.2",
     }
-    with running_stack(tmp_path_factory.mktemp("fanout"), workers=1, env=unlimited) as running:
+    with running_stack(tmp_path_factory.mktemp("fanout"), workers=1, env=env) as running:
         yield running
 
 
