@@ -39,9 +39,10 @@ FEED_LINGER_S = 30.0
 class Watch:
     """A watcher's share of the feed: its subject's messages after `boundary_seq`."""
 
-    def __init__(self, subject: str, boundary_seq: int) -> None:
+    def __init__(self, subject: str, boundary_seq: int, run: _Run) -> None:
         self.subject = subject
         self.boundary_seq = boundary_seq  # every later message of the subject comes here
+        self.run: _Run | None = run  # None once released
         self._queue: deque[StoredMessage] = deque()
         self._more = asyncio.Event()
         self._error: BusUnavailableError | None = None
@@ -81,7 +82,7 @@ class _Run:
     def add(self, subject: str) -> Watch:
         # No await between reading the position and joining: no message is handed out in
         # between, so the watch's boundary is exact.
-        watch = Watch(subject, self.delivered_seq)
+        watch = Watch(subject, self.delivered_seq, self)
         self.watches.setdefault(subject, []).append(watch)
         return watch
 
@@ -141,9 +142,8 @@ class EventFeed:
         """Whether the feed's consumer is up (or being made)."""
         return self._run is not None and not self._run.ended
 
-    @asynccontextmanager
-    async def watch(self, subject: str) -> AsyncIterator[Watch]:
-        """Watch `subject` (starting the feed if it is down) while the block runs."""
+    async def open(self, subject: str) -> Watch:
+        """Watch `subject` (starting the feed if it is down) until `release`."""
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -151,13 +151,26 @@ class EventFeed:
         if run is None or run.ended:
             run = self._run = _Run(self._js, self._new_inbox())
         await asyncio.shield(run.ready)  # one watcher leaving does not stop the start
-        watch = run.add(subject)
+        return run.add(subject)
+
+    def release(self, watch: Watch) -> None:
+        """Stop watching (again: nothing); the feed stops once idle for its linger."""
+        run = watch.run
+        if run is None:
+            return
+        watch.run = None
+        run.remove(watch)
+        if run is self._run and not run.watches and self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(self._linger_s, self._stop)
+
+    @asynccontextmanager
+    async def watch(self, subject: str) -> AsyncIterator[Watch]:
+        """Watch `subject` while the block runs."""
+        watch = await self.open(subject)
         try:
             yield watch
         finally:
-            run.remove(watch)
-            if run is self._run and not run.watches and self._idle is None:
-                self._idle = asyncio.get_running_loop().call_later(self._linger_s, self._stop)
+            self.release(watch)
 
     def _stop(self) -> None:
         self._idle = None

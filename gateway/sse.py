@@ -24,6 +24,7 @@ from sse_starlette import ServerSentEvent
 from bus import FinishedEvent, JobRecord, decode_event, message_context
 from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
+from gateway.event_feed import Watch
 from gateway.live_tail import LiveTail, Push, Source, follow
 from gateway.schemas import JobView
 from gateway.stored_events import StoredMessage
@@ -96,6 +97,22 @@ def _live(bus: GatewayBus, subject: str) -> Source[JobEntry]:
     return entries
 
 
+def _watched(bus: GatewayBus, watch: Watch) -> Source[JobEntry]:
+    """The job's entries through a watch made before the job was enqueued: every one of
+    them comes through it (the job had no event before), so nothing is read from the stream."""
+
+    @asynccontextmanager
+    async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:
+        try:
+            new = (msg async for msg in watch.messages() if msg.seq >= start_seq)
+            async with aclosing(_entries(new)) as read:
+                yield read
+        finally:
+            bus.feed.release(watch)
+
+    return entries
+
+
 def _replay(bus: GatewayBus, subject: str) -> Source[JobEntry]:
     """The job's entries from a position on, up to what is stored (for a replay)."""
 
@@ -131,9 +148,30 @@ async def job_event_stream(
     last_event_id: int | None,
     finished_view: FinishedView,
     push: Push | None = None,
+    watched: Watch | None = None,
 ) -> AsyncIterator[bytes]:
     """Every event after `last_event_id` (all of them when None), ending after `finished`;
-    with `push`, the live tail may write events straight to the client's connection."""
+    with `push`, the live tail may write events straight to the client's connection. With
+    `watched`, a watch of the job's events made before it was enqueued (the stream of a
+    submission), its tail reads nothing from the stream; the watch is released at the end."""
+    try:
+        stream = _job_frames(bus, record, last_event_id, finished_view, push, watched)
+        async with aclosing(stream) as frames:  # closed with this one (it holds the tail)
+            async for frame in frames:
+                yield frame
+    finally:
+        if watched is not None:
+            bus.feed.release(watched)  # if its tail never took it
+
+
+async def _job_frames(
+    bus: GatewayBus,
+    record: JobRecord,
+    last_event_id: int | None,
+    finished_view: FinishedView,
+    push: Push | None,
+    watched: Watch | None,
+) -> AsyncGenerator[bytes]:
     tail_start_seq = 1
     if last_event_id is None:
         queued = queued_data(record).model_dump_json()
@@ -151,6 +189,11 @@ async def job_event_stream(
     subject = s.events_subject(record.run_id, record.job_id)
 
     def make() -> LiveTail[JobEntry]:
+        nonlocal watched
+        if watched is not None:
+            # Made before the job existed: the tail covers the job from its first position.
+            source, watched = _watched(bus, watched), None
+            return LiveTail("job", source, 1)
         return LiveTail("job", _live(bus, subject), tail_start_seq)
 
     async for batch in follow(bus.tails, subject, after, make, _replay(bus, subject), push):

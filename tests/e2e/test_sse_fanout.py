@@ -175,6 +175,20 @@ def test_the_tail_is_gone_when_the_last_client_leaves_mid_job(stack: Stack) -> N
     assert job["status"] != "finished"
 
 
+def test_submissions_answered_with_their_streams_leave_nothing_reading(stack: Stack) -> None:
+    # Each submission watches its job before the job is enqueued; whether its client reads
+    # the stream to the end or leaves at once, the watch goes (and the feed with it).
+    spec = {"language": "python", "code": "print(1)"}
+    headers = stack.headers() | {"Accept": "text/event-stream"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
+        for read_to_the_end in (True, False, False, True, False):
+            with client.stream("POST", "/v1/jobs", json=spec) as response:
+                assert response.status_code == 200
+                if read_to_the_end:
+                    assert "event: finished" in response.read().decode()
+    assert settled(stack) == (0, 0)
+
+
 def test_run_stream_clients_share_a_tail_and_each_gets_every_finished_once(stack: Stack) -> None:
     job = {"language": "python", "code": "import time\ntime.sleep(0.2)\nprint('done')"}
     accepted = submit_run(stack, [job] * 8)

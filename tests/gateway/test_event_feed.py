@@ -153,3 +153,28 @@ async def test_a_reset_of_the_feeds_consumer_does_not_reread_the_stream(
     assert await client == job.seen
     starts = [info.config.opt_start_seq for info in await debug.consumers_info(s.EVENTS_STREAM)]
     assert starts and all(start is not None and start > stored for start in starts), starts
+
+
+async def test_a_submissions_stream_watched_before_its_job_existed_reads_nothing_back(
+    bus: GatewayBus,
+    worker: JetStreamContext,
+    debug: JetStreamContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = Job(worker, new_record())
+    watched = await bus.feed.open(s.events_subject(job.record.run_id, job.record.job_id))
+
+    def read_back(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a submission's stream read the job's events back from JetStream")
+
+    monkeypatch.setattr(bus.stored, "read", read_back)
+    # Events before the stream is read at all wait in the watch; the rest come live.
+    await job.start()
+    await job.print("before\n")
+    client = asyncio.create_task(follow(bus, job.record, watched=watched))
+    await until(lambda: len(bus.tails) == 1)
+    await job.print("after\n")
+    await job.finish()
+    assert await client == job.seen
+    await settle(debug, bus)  # the watch released with the stream: the feed stops
+    assert (await consumers(debug), bus.feed.reading) == (0, False)
