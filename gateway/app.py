@@ -6,7 +6,6 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, status
@@ -32,7 +31,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.console import install_console
 from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
-from gateway.event_feed import Watch
+from gateway.event_feed import PendingWatch
 from gateway.event_stream import (
     EVENTS_URL_HEADER,
     SUBMISSION_STREAM,
@@ -148,7 +147,7 @@ def create_app(
         bus: GatewayBus,
         record: JobRecord,
         after: int | None,
-        watched: Watch | None = None,
+        watched: PendingWatch | None = None,
     ) -> EventStreamResponse:
         """The job's SSE stream after `after` (all of it when None)."""
         stream_links = links(request, record)
@@ -166,7 +165,8 @@ def create_app(
             direct=direct,
             ping=int(settings.sse_ping_s),
             headers=headers,
-            on_close=None if watched is None else partial(bus.feed.release, watched),
+            # However it ends, even if its client left before it began.
+            on_close=None if watched is None else watched.close,
         )
 
     @app.post(
@@ -226,17 +226,18 @@ def create_app(
             spec=spec,
             submitted_at=now,
         )
-        watched: Watch | None = None
+        watched: PendingWatch | None = None
         try:
             if streamed:
                 # Watched before it is enqueued: every event of the job comes to this watch,
                 # so its stream reads nothing back from JetStream.
-                watched = await bus.feed.open(s.events_subject(record.run_id, record.job_id))
+                subject = s.events_subject(record.run_id, record.job_id)
+                watched = PendingWatch(bus.feed, await bus.feed.open(subject))
             await bus.submit(record, message)
             metrics.JOBS_SUBMITTED.labels("job").inc()
         except BaseException as exc:
             if watched is not None:
-                bus.feed.release(watched)
+                watched.close()
             if idempotency_key is not None and isinstance(exc, BusUnavailableError):
                 await bus.idempotency.release(caller.tenant, idempotency_key)
             raise

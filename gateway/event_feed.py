@@ -67,6 +67,26 @@ class Watch:
             await self._more.wait()
 
 
+class PendingWatch:
+    """A watch made for a stream that has not begun: the job's tail takes it (and releases it
+    when it stops reading, however many clients it served), or else it is released here."""
+
+    def __init__(self, feed: EventFeed, watch: Watch) -> None:
+        self._feed = feed
+        self._watch: Watch | None = watch
+
+    def take(self) -> Watch | None:
+        """The watch, to the first taker; None after."""
+        watch, self._watch = self._watch, None
+        return watch
+
+    def close(self) -> None:
+        """Release the watch unless it was taken (again: nothing)."""
+        watch = self.take()
+        if watch is not None:
+            self._feed.release(watch)
+
+
 class _Run:
     """One life of the feed: its consumer, from the stream's end when it started."""
 

@@ -24,7 +24,7 @@ from sse_starlette import ServerSentEvent
 from bus import FinishedEvent, JobRecord, decode_event, message_context
 from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
-from gateway.event_feed import Watch
+from gateway.event_feed import PendingWatch, Watch
 from gateway.live_tail import LiveTail, Push, Source, follow
 from gateway.schemas import JobView
 from gateway.stored_events import StoredMessage
@@ -148,30 +148,14 @@ async def job_event_stream(
     last_event_id: int | None,
     finished_view: FinishedView,
     push: Push | None = None,
-    watched: Watch | None = None,
+    watched: PendingWatch | None = None,
 ) -> AsyncIterator[bytes]:
     """Every event after `last_event_id` (all of them when None), ending after `finished`;
     with `push`, the live tail may write events straight to the client's connection. With
     `watched`, a watch of the job's events made before it was enqueued (the stream of a
-    submission), its tail reads nothing from the stream; the watch is released at the end."""
-    try:
-        stream = _job_frames(bus, record, last_event_id, finished_view, push, watched)
-        async with aclosing(stream) as frames:  # closed with this one (it holds the tail)
-            async for frame in frames:
-                yield frame
-    finally:
-        if watched is not None:
-            bus.feed.release(watched)  # if its tail never took it
-
-
-async def _job_frames(
-    bus: GatewayBus,
-    record: JobRecord,
-    last_event_id: int | None,
-    finished_view: FinishedView,
-    push: Push | None,
-    watched: Watch | None,
-) -> AsyncGenerator[bytes]:
+    submission), the job's tail reads nothing back from the stream; whoever made it closes
+    it at the end (its response does), which releases it unless the tail took it.
+    """
     tail_start_seq = 1
     if last_event_id is None:
         queued = queued_data(record).model_dump_json()
@@ -189,11 +173,10 @@ async def _job_frames(
     subject = s.events_subject(record.run_id, record.job_id)
 
     def make() -> LiveTail[JobEntry]:
-        nonlocal watched
-        if watched is not None:
+        watch = None if watched is None else watched.take()
+        if watch is not None:
             # Made before the job existed: the tail covers the job from its first position.
-            source, watched = _watched(bus, watched), None
-            return LiveTail("job", source, 1)
+            return LiveTail("job", _watched(bus, watch), 1)
         return LiveTail("job", _live(bus, subject), tail_start_seq)
 
     async for batch in follow(bus.tails, subject, after, make, _replay(bus, subject), push):

@@ -25,7 +25,7 @@ from bus import (
 from bus import subjects as s
 from gateway import live_tail
 from gateway.bus_client import GatewayBus, StoredEvent
-from gateway.event_feed import Watch
+from gateway.event_feed import PendingWatch
 from gateway.schemas import JobView
 from gateway.sse import job_event_stream
 from gateway.views import JobLinks, job_view
@@ -135,7 +135,7 @@ async def follow(
     got: list[Seen] | None = None,
     between: Callable[[list[Seen]], Awaitable[None]] | None = None,
     push: Connection | None = None,
-    watched: Watch | None = None,
+    watched: PendingWatch | None = None,
 ) -> list[Seen]:
     """A client of the job's event stream, as the HTTP endpoint drives it; with `push`, one
     whose connection the tail can write to (the frames go to `push.events`, which must be
@@ -148,10 +148,14 @@ async def follow(
     events = [] if got is None else got
     assert push is None or push.events is events
     stream = job_event_stream(bus, record, last_event_id, finished_view, push, watched)
-    async for chunk in stream:
-        events.extend(parse(chunk))
-        if between is not None:
-            await between(events)
+    try:
+        async for chunk in stream:
+            events.extend(parse(chunk))
+            if between is not None:
+                await between(events)
+    finally:
+        if watched is not None:
+            watched.close()  # as the response does
     return events
 
 

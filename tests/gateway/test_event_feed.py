@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from bus import subjects as s
 from gateway import stored_events
 from gateway.bus_client import GatewayBus
+from gateway.event_feed import PendingWatch
 from tests.gateway.job_events import (
     SETTLE_S,
     Job,
@@ -162,7 +163,8 @@ async def test_a_submissions_stream_watched_before_its_job_existed_reads_nothing
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job = Job(worker, new_record())
-    watched = await bus.feed.open(s.events_subject(job.record.run_id, job.record.job_id))
+    subject = s.events_subject(job.record.run_id, job.record.job_id)
+    watched = PendingWatch(bus.feed, await bus.feed.open(subject))
 
     def read_back(*args: object, **kwargs: object) -> None:
         raise AssertionError("a submission's stream read the job's events back from JetStream")
@@ -178,3 +180,29 @@ async def test_a_submissions_stream_watched_before_its_job_existed_reads_nothing
     assert await client == job.seen
     await settle(debug, bus)  # the watch released with the stream: the feed stops
     assert (await consumers(debug), bus.feed.reading) == (0, False)
+
+
+async def test_others_following_a_submissions_job_keep_its_events_when_it_leaves(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext
+) -> None:
+    # The submission's client made the job's tail (with its watch); a client of events_url
+    # joined that tail; the submission's client leaves mid-job: the tail, and its watch, are
+    # the other client's now.
+    job = Job(worker, new_record())
+    subject = s.events_subject(job.record.run_id, job.record.job_id)
+    watched = PendingWatch(bus.feed, await bus.feed.open(subject))
+    submitter_got: list[Seen] = []
+    submitter = asyncio.create_task(follow(bus, job.record, got=submitter_got, watched=watched))
+    await until(lambda: len(bus.tails) == 1)
+    other = asyncio.create_task(follow(bus, job.record))
+    await job.start()
+    await job.print("both\n")
+    await until(lambda: len(submitter_got) == len(job.seen))
+    submitter.cancel()
+    await asyncio.gather(submitter, return_exceptions=True)
+    await job.print("only the other\n")
+    await job.finish()
+    async with asyncio.timeout(SETTLE_S):
+        assert await other == job.seen
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails), bus.feed.reading) == (0, 0, False)
