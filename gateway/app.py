@@ -148,8 +148,10 @@ def create_app(
         record: JobRecord,
         after: int | None,
         watched: PendingWatch | None = None,
+        submission: bool = False,
     ) -> EventStreamResponse:
-        """The job's SSE stream after `after` (all of it when None)."""
+        """The job's SSE stream after `after` (all of it when None); `watched`, a watch of
+        the job made before it was enqueued, which its tail may take."""
         stream_links = links(request, record)
 
         def finished_view(stored: StoredEvent) -> JobView:
@@ -158,7 +160,7 @@ def create_app(
         direct = DirectWrites()
         events = job_event_stream(bus, record, after, finished_view, direct, watched)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        if watched is not None:  # a submission's own stream: where the job lives
+        if submission:  # the answer to a submission: where the job lives
             headers |= {"Location": stream_links.url, EVENTS_URL_HEADER: stream_links.events_url}
         return EventStreamResponse(
             metrics.counted("job", events),
@@ -204,7 +206,7 @@ def create_app(
                 audit_facts(request).job_id = held.job_id
                 first = await repeated(request, bus, caller.tenant, claim, held)
                 if streamed:
-                    return event_stream(request, bus, first, None)
+                    return event_stream(request, bus, first, None, submission=True)
                 view = job_view(first, await bus.last_event(first), links(request, first))
                 return accepted(first, view.status, request)
         now = utc_now()
@@ -233,16 +235,19 @@ def create_app(
                 # so its stream reads nothing back from JetStream.
                 subject = s.events_subject(record.run_id, record.job_id)
                 watched = PendingWatch(bus.feed, await bus.feed.open(subject))
+            else:
+                bus.recent.watch(record)  # the same, for the stream that mostly comes next
             await bus.submit(record, message)
             metrics.JOBS_SUBMITTED.labels("job").inc()
         except BaseException as exc:
+            bus.recent.forget(record.job_id)
             if watched is not None:
                 watched.close()
             if idempotency_key is not None and isinstance(exc, BusUnavailableError):
                 await bus.idempotency.release(caller.tenant, idempotency_key)
             raise
         if watched is not None:
-            return event_stream(request, bus, record, None, watched)
+            return event_stream(request, bus, record, None, watched, submission=True)
         return accepted(record, Status.QUEUED, request)
 
     @app.get("/v1/jobs/{job_id}")
@@ -281,7 +286,7 @@ def create_app(
         caller = stream_principal(request, f"job:{job_id}", token, authorization)
         record = await owned_job(bus, job_id, caller.tenant)
         after = resume_position(last_event_id, last_event_id_query)
-        return event_stream(request, bus, record, after)
+        return event_stream(request, bus, record, after, bus.recent.take(job_id))
 
     @app.get("/v1/runtimes")
     async def runtimes(caller: Caller, bus: BusDep) -> RuntimesView:

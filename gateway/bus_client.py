@@ -38,6 +38,7 @@ from gateway.event_feed import FEED_LINGER_S, EventFeed
 from gateway.idempotency import IdempotencyKeys
 from gateway.live_tail import LiveTails
 from gateway.recent_records import RecentRecords
+from gateway.recent_submissions import RecentSubmissions
 from gateway.record_pages import RecordPages
 from gateway.run_store import RunStore
 from gateway.stored_events import DirectReader
@@ -88,6 +89,7 @@ class GatewayBus:
         # New events, for the jobs' live tails; stored ones, read without a consumer.
         self.feed = EventFeed(js, nc.new_inbox, feed_linger_s)
         self.stored = DirectReader(nc, s.EVENTS_STREAM)
+        self.recent = RecentSubmissions(self.feed)  # jobs just posted, watched for their streams
 
     @property
     def nc(self) -> NATS:

@@ -173,6 +173,16 @@ class EventFeed:
         await asyncio.shield(run.ready)  # one watcher leaving does not stop the start
         return run.add(subject)
 
+    def open_now(self, subject: str) -> Watch | None:
+        """Watch `subject` if the feed is reading now (no wait, and no start); else None."""
+        run = self._run
+        if run is None or run.ended or not run.ready.done() or run.ready.exception():
+            return None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        return run.add(subject)
+
     def release(self, watch: Watch) -> None:
         """Stop watching (again: nothing); the feed stops once idle for its linger."""
         run = watch.run

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
 from bus import BusUnavailableError
 from bus import subjects as s
@@ -29,6 +30,11 @@ BATCH_MESSAGES = 256
 # Between two messages of one answer; the server sends them back to back, so only an
 # outage gets near it.
 _NEXT_MESSAGE_TIMEOUT_S = 10.0
+
+STORED_READS = Counter(
+    "crucible_sse_stored_reads",
+    "Direct gets of stored events (a replay, or a job's live tail catching up to the feed).",
+)
 
 # The headers a direct get answer carries (nats-server's names).
 _STATUS = "Status"
@@ -75,6 +81,7 @@ class DirectReader:
         when given, else up to the newest), in order."""
         next_seq = max(start_seq, 1)
         while end_seq is None or next_seq <= end_seq:
+            STORED_READS.inc()
             token = str(next(self._tokens))
             answers: asyncio.Queue[Msg] = asyncio.Queue()
             self._answers[token] = answers

@@ -112,6 +112,7 @@ def test_a_repeated_idempotency_key_streams_the_first_job(stack: Stack) -> None:
     first = httpx.post(
         f"{stack.url}/v1/jobs", json=spec, headers=stack.headers() | key, timeout=30
     ).json()
-    _, events = submit_streamed(stack, spec, key)
+    headers, events = submit_streamed(stack, spec, key)
+    assert headers["location"] == first["url"]
     assert events[0].data["job_id"] == first["id"]
     assert events[-1].event == "finished" and events[-1].data["stdout"] == "2\n"
