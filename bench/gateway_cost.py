@@ -6,9 +6,11 @@ Starts `crucible up`, then sends `--requests` of each kind one after another fro
 keep-alive connection (stdlib `http.client`, so that the client costs little): `POST
 /v1/jobs` of `print(1)` (the workers run them meanwhile: nats-server's figure includes their
 fetches and stores), the SSE stream of each of those jobs once finished (a replay to
-`finished`), `GET /v1/jobs/{id}` and `GET /healthz`. The CPU of both processes is read from
-/proc before and after each kind; an idle stretch is measured too, to show what the
-background (heartbeats) adds.
+`finished`), `GET /v1/jobs/{id}` and `GET /healthz`; then a job's whole round trip as the
+job runs, two ways: `POST /v1/jobs` and its `events_url` read to `finished`, and one `POST
+/v1/jobs` answered with the job's own stream (`Accept: text/event-stream`). The CPU of both
+processes is read from /proc before and after each kind; an idle stretch is measured too, to
+show what the background (heartbeats) adds.
 """
 
 from __future__ import annotations
@@ -56,15 +58,22 @@ class Caller:
         return result
 
     def replay(self, url: str) -> None:
+        self._stream("GET", urlsplit(url).path, None, self._headers)
+
+    def submit_streamed(self, body: str) -> None:
+        """POST a job asking for its stream in the answer, read to `finished`."""
+        self._stream("POST", "/v1/jobs", body, self._headers | {"Accept": "text/event-stream"})
+
+    def _stream(self, method: str, path: str, body: str | None, headers: dict[str, str]) -> None:
         connection = http.client.HTTPConnection(*self._address)
         try:
-            connection.request("GET", urlsplit(url).path, headers=self._headers)
+            connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             seen = b""
             while b"event: finished" not in seen:
                 more = response.read1(65536)
                 if not more:
-                    raise RuntimeError(f"the stream of {url} ended before `finished`")
+                    raise RuntimeError(f"the stream of {method} {path} ended before `finished`")
                 seen += more
         finally:
             connection.close()
@@ -104,6 +113,14 @@ def main() -> None:
                 for job in jobs:
                     caller.request("GET", urlsplit(job["url"]).path)
 
+            def posted_then_followed() -> None:
+                for _ in range(count):
+                    caller.replay(caller.request("POST", "/v1/jobs", PRINT_ONE)["events_url"])
+
+            def streamed() -> None:
+                for _ in range(count):
+                    caller.submit_streamed(PRINT_ONE)
+
             def health() -> None:
                 for _ in range(count):
                     caller.request("GET", "/healthz")
@@ -113,6 +130,12 @@ def main() -> None:
                 "SSE stream of a finished job, to `finished`": _cpu_ms(stack, replays, count),
                 "GET /v1/jobs/{id}": _cpu_ms(stack, views, count),
                 "GET /healthz": _cpu_ms(stack, health, count),
+                "a job, POST then its SSE stream to `finished` (live)": _cpu_ms(
+                    stack, posted_then_followed, count
+                ),
+                "a job, one POST with `Accept: text/event-stream`, to `finished`": _cpu_ms(
+                    stack, streamed, count
+                ),
             }
             idle = _cpu_ms(stack, lambda: time.sleep(_IDLE_S), 1)
         finally:

@@ -111,6 +111,12 @@ def worker_subject(worker_id: str) -> str:
     return f"{PREFIX}.workers.{worker_id}"
 
 
+def direct_get_subject(stream: str) -> str:
+    """JetStream's direct get API of `stream`: messages by sequence or by subject, in batches,
+    answered without a consumer (the stream needs `allow_direct`)."""
+    return f"$JS.API.DIRECT.GET.{stream}"
+
+
 def inbox_prefix(service: str) -> str:
     """A service's own reply inbox, so that no service can read another's replies."""
     return f"_INBOX_{service}"

@@ -23,6 +23,7 @@ from bus import (
     new_run_id,
     utc_now,
 )
+from bus import subjects as s
 from gateway import metrics
 from gateway.audit import AuditMiddleware, audit_facts
 from gateway.auth import StreamTokens
@@ -30,7 +31,15 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.console import install_console
 from gateway.errors import ALREADY_FINISHED, ERROR_RESPONSES, install_error_handlers
-from gateway.event_stream import DirectWrites, EventStreamResponse, install_server_send
+from gateway.event_feed import PendingWatch
+from gateway.event_stream import (
+    EVENTS_URL_HEADER,
+    SUBMISSION_STREAM,
+    DirectWrites,
+    EventStreamResponse,
+    install_server_send,
+    wants_event_stream,
+)
 from gateway.idempotency import MAX_KEY_CHARS, Claim
 from gateway.keys_store import ApiKeysStore
 from gateway.rate_limit import RateLimiter
@@ -65,7 +74,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys.load()  # fail start-up, not the first request, on a missing or broken keys file
-        app.state.bus = await GatewayBus.start(nats, settings.streams, registry)
+        app.state.bus = await GatewayBus.start(
+            nats, settings.streams, registry, settings.event_feed_linger_s
+        )
         refreshing = asyncio.create_task(metrics.refresh_forever(app.state.bus))
         # What start-up made lives as long as the gateway: the collector need not walk it
         # again on every full pass (a third of the CPU of accepting a large run).
@@ -112,24 +123,60 @@ def create_app(
 
     async def repeated(
         request: Request, bus: GatewayBus, tenant: str, claim: Claim, held: Claim
-    ) -> JobAccepted:
-        """The answer to a repeated Idempotency-Key: the first job, or 422 if the body differs."""
+    ) -> JobRecord:
+        """The job a repeated Idempotency-Key names, or 422 if the body differs."""
         if held.request_sha256 != claim.request_sha256:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 "this Idempotency-Key was used for a different request; use a new key",
             )
-        record = await owned_job(bus, held.job_id, tenant)
-        view = job_view(record, await bus.last_event(record), links(request, record))
+        return await owned_job(bus, held.job_id, tenant)
+
+    def accepted(record: JobRecord, job_status: Status, request: Request) -> JobAccepted:
+        found = links(request, record)
         return JobAccepted(
-            id=view.id,
-            run_id=view.run_id,
-            status=view.status,
-            url=view.url,
-            events_url=view.events_url,
+            id=record.job_id,
+            run_id=record.run_id,
+            status=job_status,
+            url=found.url,
+            events_url=found.events_url,
         )
 
-    @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED)
+    def event_stream(
+        request: Request,
+        bus: GatewayBus,
+        record: JobRecord,
+        after: int | None,
+        watched: PendingWatch | None = None,
+        submission: bool = False,
+    ) -> EventStreamResponse:
+        """The job's SSE stream after `after` (all of it when None); `watched`, a watch of
+        the job made before it was enqueued, which its tail may take."""
+        stream_links = links(request, record)
+
+        def finished_view(stored: StoredEvent) -> JobView:
+            return job_view(record, stored, stream_links)
+
+        direct = DirectWrites()
+        events = job_event_stream(bus, record, after, finished_view, direct, watched)
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if submission:  # the answer to a submission: where the job lives
+            headers |= {"Location": stream_links.url, EVENTS_URL_HEADER: stream_links.events_url}
+        return EventStreamResponse(
+            metrics.counted("job", events),
+            direct=direct,
+            ping=int(settings.sse_ping_s),
+            headers=headers,
+            # However it ends, even if its client left before it began.
+            on_close=None if watched is None else watched.close,
+        )
+
+    @app.post(
+        "/v1/jobs",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=JobAccepted,
+        responses=SUBMISSION_STREAM,
+    )
     async def submit_job(
         spec: JobSpec,
         request: Request,
@@ -138,10 +185,16 @@ def create_app(
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", max_length=MAX_KEY_CHARS)
         ] = None,
-    ) -> JobAccepted:
-        """Queue one job; watch it at `events_url`. A repeated Idempotency-Key is one job."""
+    ) -> JobAccepted | EventStreamResponse:
+        """Queue one job; watch it at `events_url`. A repeated Idempotency-Key is one job.
+
+        With `Accept: text/event-stream`, the answer is the job's event stream itself (200),
+        as `events_url` would give it, from `queued` to `finished`; `Location` and
+        `Crucible-Events-URL` name the job and the stream to resume with `Last-Event-ID`.
+        """
         check_spec(spec, settings)
         spec = with_default_limits(spec, settings)
+        streamed = wants_event_stream(request.headers.get("accept"))
         job_id = new_job_id()
         if idempotency_key is not None:
             claim = Claim(
@@ -151,7 +204,11 @@ def create_app(
             held = await bus.idempotency.claim(caller.tenant, idempotency_key, claim)
             if held is not None:
                 audit_facts(request).job_id = held.job_id
-                return await repeated(request, bus, caller.tenant, claim, held)
+                first = await repeated(request, bus, caller.tenant, claim, held)
+                if streamed:
+                    return event_stream(request, bus, first, None, submission=True)
+                view = job_view(first, await bus.last_event(first), links(request, first))
+                return accepted(first, view.status, request)
         now = utc_now()
         record = JobRecord(
             job_id=job_id,
@@ -171,22 +228,27 @@ def create_app(
             spec=spec,
             submitted_at=now,
         )
+        watched: PendingWatch | None = None
         try:
-            await bus.check_room(caller.tenant, 1)  # so that a full queue writes nothing
+            if streamed:
+                # Watched before it is enqueued: every event of the job comes to this watch,
+                # so its stream reads nothing back from JetStream.
+                subject = s.events_subject(record.run_id, record.job_id)
+                watched = PendingWatch(bus.feed, await bus.feed.open(subject))
+            else:
+                bus.recent.watch(record)  # the same, for the stream that mostly comes next
             await bus.submit(record, message)
             metrics.JOBS_SUBMITTED.labels("job").inc()
-        except BusUnavailableError:
-            if idempotency_key is not None:
+        except BaseException as exc:
+            bus.recent.forget(record.job_id)
+            if watched is not None:
+                watched.close()
+            if idempotency_key is not None and isinstance(exc, BusUnavailableError):
                 await bus.idempotency.release(caller.tenant, idempotency_key)
             raise
-        new_links = links(request, record)
-        return JobAccepted(
-            id=record.job_id,
-            run_id=record.run_id,
-            status=Status.QUEUED,
-            url=new_links.url,
-            events_url=new_links.events_url,
-        )
+        if watched is not None:
+            return event_stream(request, bus, record, None, watched, submission=True)
+        return accepted(record, Status.QUEUED, request)
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, request: Request, caller: Caller, bus: BusDep) -> JobView:
@@ -224,18 +286,7 @@ def create_app(
         caller = stream_principal(request, f"job:{job_id}", token, authorization)
         record = await owned_job(bus, job_id, caller.tenant)
         after = resume_position(last_event_id, last_event_id_query)
-        stream_links = links(request, record)
-
-        def finished_view(stored: StoredEvent) -> JobView:
-            return job_view(record, stored, stream_links)
-
-        direct = DirectWrites()
-        return EventStreamResponse(
-            metrics.counted("job", job_event_stream(bus, record, after, finished_view, direct)),
-            direct=direct,
-            ping=int(settings.sse_ping_s),
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(request, bus, record, after, bus.recent.take(job_id))
 
     @app.get("/v1/runtimes")
     async def runtimes(caller: Caller, bus: BusDep) -> RuntimesView:

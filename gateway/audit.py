@@ -3,11 +3,14 @@
 An ASGI middleware, so that refusals made before any handler runs (a body too large, a
 malformed request, a bad key) are recorded as well as accepted work. Handlers add what only
 they know (the caller, the ids they created) to `request.state`; the record is stored on the
-AUDIT stream once the response has gone out, so auditing adds nothing to a client's wait.
+AUDIT stream once the response has gone out, so auditing adds nothing to a client's wait. A
+submission answered with an event stream (which lasts as long as its job) is recorded as
+the stream starts, so that it is on record while the job runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ _ROUTES = [
     (re.compile(rf"^/v1/runs/(?P<run>{_ID})/cancel$"), AuditAction.CANCEL_RUN),
 ]
 _MAX_DETAIL_BYTES = 2048  # an error body beyond this is cut: the record stays small
+_recording: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references to tasks
 
 
 @dataclass
@@ -93,6 +97,13 @@ def _key_holder(scope: Scope) -> Principal | None:
     return keys.authenticate(key.strip())
 
 
+def _is_event_stream(start: Message) -> bool:
+    return any(
+        name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in start.get("headers", ())
+    )
+
+
 class AuditMiddleware:
     """Records the audited requests of the app it wraps on the AUDIT stream."""
 
@@ -106,11 +117,19 @@ class AuditMiddleware:
         status = 0
         error_body = bytearray()
         trace_id = current_trace_id()
+        recorded = False
 
         async def watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, recorded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if scope["method"] == "POST" and _is_event_stream(message):
+                    # On record now, not when the job's stream ends; beside the stream, which
+                    # need not wait for it.
+                    recorded = True
+                    record = asyncio.create_task(self._record(scope, status, b"", trace_id))
+                    _recording.add(record)
+                    record.add_done_callback(_recording.discard)
             elif message["type"] == "http.response.body" and status >= 400:
                 room = _MAX_DETAIL_BYTES * 2 - len(error_body)
                 error_body.extend(message.get("body", b"")[: max(room, 0)])
@@ -119,7 +138,8 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            await self._record(scope, status or 500, bytes(error_body), trace_id)
+            if not recorded:
+                await self._record(scope, status or 500, bytes(error_body), trace_id)
 
     async def _record(self, scope: Scope, status: int, body: bytes, trace_id: str | None) -> None:
         facts: AuditFacts = scope.get("state", {}).get("audit") or AuditFacts()

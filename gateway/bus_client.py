@@ -34,14 +34,21 @@ from bus import (
     publish_model,
 )
 from bus import subjects as s
+from gateway.event_feed import FEED_LINGER_S, EventFeed
 from gateway.idempotency import IdempotencyKeys
 from gateway.live_tail import LiveTails
+from gateway.recent_records import RecentRecords
+from gateway.recent_submissions import RecentSubmissions
 from gateway.record_pages import RecordPages
 from gateway.run_store import RunStore
+from gateway.stored_events import DirectReader
 from gateway.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+# nats-server's reason when a tenant's queue (its JOBS subject) is at its cap.
+_TENANT_QUEUE_FULL = "maximum messages per subject exceeded"
 
 
 @dataclass(frozen=True)
@@ -66,17 +73,23 @@ class GatewayBus:
         cancels: KeyValue,
         idempotency: IdempotencyKeys,
         max_queued_per_tenant: int,
+        feed_linger_s: float = FEED_LINGER_S,
     ):
         self._max_queued = max_queued_per_tenant
         self._nc = nc
         self._js = js
         self._kv = kv
         self._pages = RecordPages(kv)
+        self._records = RecentRecords()
         self.registry = registry
         self.runs = runs
         self._cancels = cancels
         self.idempotency = idempotency
         self.tails = LiveTails()  # the shared live tails of followed jobs and runs
+        # New events, for the jobs' live tails; stored ones, read without a consumer.
+        self.feed = EventFeed(js, nc.new_inbox, feed_linger_s)
+        self.stored = DirectReader(nc, s.EVENTS_STREAM)
+        self.recent = RecentSubmissions(self.feed)  # jobs just posted, watched for their streams
 
     @property
     def nc(self) -> NATS:
@@ -90,7 +103,11 @@ class GatewayBus:
 
     @classmethod
     async def start(
-        cls, nats: NatsSettings, streams: StreamSettings, registry: WorkerRegistry
+        cls,
+        nats: NatsSettings,
+        streams: StreamSettings,
+        registry: WorkerRegistry,
+        feed_linger_s: float = FEED_LINGER_S,
     ) -> GatewayBus:
         """Connect as `gateway`, create the streams, and start listening to heartbeats."""
         nc = await connect(nats, service="gateway", name="crucible-gateway")
@@ -100,7 +117,18 @@ class GatewayBus:
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
         cancels = await js.key_value(s.CANCELS_BUCKET)
         idempotency = IdempotencyKeys(await js.key_value(s.IDEMPOTENCY_BUCKET))
-        bus = cls(nc, js, kv, registry, runs, cancels, idempotency, streams.max_queued_per_tenant)
+        bus = cls(
+            nc,
+            js,
+            kv,
+            registry,
+            runs,
+            cancels,
+            idempotency,
+            streams.max_queued_per_tenant,
+            feed_linger_s,
+        )
+        await bus.stored.start()
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)
         return bus
 
@@ -116,6 +144,7 @@ class GatewayBus:
             raise BusUnavailableError(f"could not record a cancel: {exc!r}") from exc
 
     async def close(self) -> None:
+        await self.feed.close()
         await self._nc.drain()
 
     @property
@@ -129,11 +158,14 @@ class GatewayBus:
             log.warning("ignoring a malformed heartbeat on %s", msg.subject)
 
     async def submit(self, record: JobRecord, message: JobMessage) -> None:
-        """Store the job's record, then enqueue it; on failure take the record back."""
-        try:
-            await self._kv.put(record.job_id, record.model_dump_json().encode())
-        except Exception as exc:
-            raise BusUnavailableError(f"could not store job {record.job_id}: {exc!r}") from exc
+        """Enqueue the job, then store its record; if either fails, nothing is left of it.
+
+        The job goes first because nats-server itself refuses it when the tenant's queue is
+        full (its per-subject cap): a full queue then writes nothing at all, without a check
+        of the queue before (a request of its own, and one that other gateways race). Only a
+        record makes a job visible (every endpoint reads it first), so a job whose record
+        could not be stored is cancelled: a worker finishes it `cancelled` without running it.
+        """
         subject = s.job_subject(record.tenant)
         with tracer.start_as_current_span(
             f"publish {s.JOBS_STREAM}",
@@ -148,16 +180,32 @@ class GatewayBus:
         ):
             try:
                 await publish_model(self._js, subject, message, msg_id=record.job_id)
-            except BusUnavailableError as exc:
-                # Nothing half-written: a record without a queued job would read as "queued"
-                # forever. If even the delete fails, the record expires with the bucket's TTL.
-                await asyncio.shield(self._forget(record.job_id))
-                if isinstance(exc, QueueFullError):
-                    raise QueueFullError(
-                        f"the job queue is full ({exc}; a tenant may have {self._max_queued} "
-                        "unfinished jobs): wait for some to finish"
-                    ) from exc
-                raise
+            except QueueFullError as exc:
+                raise self._queue_full(record.tenant, exc) from exc
+        try:
+            await self._kv.put(record.job_id, record.model_dump_json().encode())
+        except Exception as exc:
+            await asyncio.shield(self._take_back(record.job_id))
+            raise BusUnavailableError(f"could not store job {record.job_id}: {exc!r}") from exc
+        self._records.add(record)
+
+    def _queue_full(self, tenant: str, refused: QueueFullError) -> QueueFullError:
+        if _TENANT_QUEUE_FULL in str(refused):
+            return QueueFullError(
+                f"tenant {tenant} has {self._max_queued} unfinished jobs, as many as a tenant "
+                "may have: wait for some to finish"
+            )
+        return QueueFullError(
+            f"the job queue is full ({refused}; a tenant may have {self._max_queued} "
+            "unfinished jobs): wait for some to finish"
+        )
+
+    async def _take_back(self, job_id: str) -> None:
+        try:
+            await self.cancel([job_id])
+        except BusUnavailableError:
+            # Its events, if it runs, belong to no record: no client ever sees them.
+            log.exception("could not cancel job %s, whose record was not stored", job_id)
 
     async def unfinished(self, tenant: str) -> int:
         """How many of the tenant's jobs are queued or running (still in the work queue)."""
@@ -181,24 +229,23 @@ class GatewayBus:
                 f"cap of {self._max_queued}: wait for some to finish, or submit fewer"
             )
 
-    async def _forget(self, job_id: str) -> None:
-        try:
-            await self._kv.purge(job_id)
-        except Exception:
-            log.exception("could not remove the record of unqueued job %s", job_id)
-
     async def record(self, job_id: str) -> JobRecord | None:
         """The job's record, or None when there is no such job."""
         paged = page_of(job_id)
         if paged is not None:  # a run's job
             return await self._pages.record(*paged)
+        record = self._records.get(job_id)
+        if record is not None:
+            return record
         try:
             entry = await self._kv.get(job_id)
         except KeyNotFoundError:
             return None
         if entry.value is None:
             return None
-        return JobRecord.model_validate_json(entry.value)
+        record = JobRecord.model_validate_json(entry.value)
+        self._records.add(record)
+        return record
 
     async def last_event(self, record: JobRecord) -> StoredEvent | None:
         """The newest event of the job, which tells its status; None while queued."""

@@ -82,6 +82,13 @@ async def _create(js: JetStreamContext, stream: str, config: api.ConsumerConfig)
         with suppress(Exception):
             await js.delete_consumer(stream, info.name)
         raise BusUnavailableError(f"cannot read {config.filter_subject}: {exc!r}") from exc
+    jsi = sub._sub._jsi  # the ordered consumer's state, on the plain subscription inside
+    if config.opt_start_seq is not None and jsi is not None:
+        # nats-py re-creates an ordered consumer from the stream position after the last one
+        # it delivered, which it starts at 0: a reset before the first message (heartbeats
+        # missed while NATS was away) would re-read the whole stream from position 1 (for the
+        # gateway's event feed, every event the stream holds). Start it where ours starts.
+        jsi._sseq = config.opt_start_seq - 1
     return info, sub
 
 

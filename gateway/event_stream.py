@@ -22,6 +22,7 @@ take the way above.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -32,7 +33,30 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 SERVER_SEND = "crucible.server_send"
+EVENT_STREAM = "text/event-stream"
+# On a submission answered with its own event stream: the stream's URL, to resume it.
+EVENTS_URL_HEADER = "Crucible-Events-URL"
+
+# `POST /v1/jobs`'s other answer, for the OpenAPI schema.
+SUBMISSION_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "with `Accept: text/event-stream`: the job's event stream, from `queued` "
+        "to `finished` (as `events_url` gives it)",
+        "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+    }
+}
 _CLEANUP_TIMEOUT_S = 30.0  # as sse-starlette's: an interrupted stream's generator may clean up
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether an `Accept` header lists `text/event-stream` (with a quality above 0)."""
+    for media_range in (accept or "").split(","):
+        media_type, *params = (part.strip() for part in media_range.split(";"))
+        if media_type.lower() == EVENT_STREAM and not any(
+            param.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for param in params
+        ):
+            return True
+    return False
 
 
 class ServerSend:
@@ -96,15 +120,28 @@ class EventStreamResponse(EventSourceResponse):
 
     _frames_send: Send
 
-    def __init__(self, *args: Any, direct: DirectWrites | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        direct: DirectWrites | None = None,
+        on_close: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._direct = direct
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._frames_send = scope.get(SERVER_SEND, send)
         if self._direct is not None and SERVER_SEND in scope:
             self._direct.bind(scope[SERVER_SEND])
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the response ends, even before its stream began (a client gone at
+            # once: a generator never started runs no `finally` of its own).
+            if self._on_close is not None:
+                self._on_close()
 
     async def _stream_response(self, send: Send) -> None:
         await send(

@@ -1,14 +1,15 @@
 """One live tail per followed stream, shared by all the clients that follow it.
 
-However many clients follow a job (or a run), the gateway reads its events through one
-JetStream consumer, parses each message once and encodes each SSE frame once: the tail keeps
-the entries it made in a bounded ring, and every client walks that ring with its own cursor.
-A client that asks for events older than the ring holds (it resumes with an old
-`Last-Event-ID`, joins a tail that started later, or fell so far behind that the ring moved
-past it) replays them from JetStream through a consumer of its own, up to the first stream
-position the ring still covers, and then reads on from the ring: positions are stream
-sequences, so the seam has no gap and no repeat. A slow client costs the others nothing:
-the tail never waits for a client, and memory stays within the ring's bounds.
+However many clients follow a job (or a run), the gateway reads its events once (a job's
+from the gateway's event feed, a run's through a JetStream consumer), parses each message
+once and encodes each SSE frame once: the tail keeps the entries it made in a bounded ring,
+and every client walks that ring with its own cursor. A client that asks for events older
+than the ring holds (it resumes with an old `Last-Event-ID`, joins a tail that started
+later, or fell so far behind that the ring moved past it) replays them from JetStream on its
+own, up to the first stream position the ring still covers, and then reads on from the
+ring: positions are stream sequences, so the seam has no gap and no repeat. A slow client
+costs the others nothing: the tail never waits for a client, and memory stays within the
+ring's bounds.
 
 A client that has caught up and whose connection can take a write at once (`Push`) does
 not wait for its turn at all: the tail writes each new entry's frame to it directly, in one
@@ -18,8 +19,8 @@ when its connection's buffer is full, where the task waits for it to drain). Wit
 clients on a job, a line of output costs a thousand writes, not a thousand task wake-ups,
 each through a stack of generators, each with its write.
 
-The tail stops reading when it has made its final entry, and is torn down (its consumer
-deleted) when its last client leaves.
+The tail stops reading when it has made its final entry, and is torn down (it stops
+reading) when its last client leaves.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 LIVE_TAILS = Gauge(
     "crucible_sse_live_tails",
-    "Shared live tails reading events now (one JetStream consumer each).",
+    "Shared live tails reading events now (a job's from the event feed, a run's through a "
+    "JetStream consumer of its own).",
     ["stream"],
 )
 
@@ -177,10 +179,10 @@ class LiveTail(Generic[E]):
         self._task.add_done_callback(lambda _: LIVE_TAILS.labels(self._stream).dec())
 
     def close(self) -> None:
-        """Stop reading; the reading task deletes its consumer on its own time."""
+        """Stop reading; the reading task lets go of its source on its own time."""
         if self._task is not None and not self._task.done():
             # Not awaited: the caller may be a client's task being cancelled, where an await
-            # would be cancelled again before the consumer is deleted.
+            # would be cancelled again before the source is let go of (a consumer deleted).
             self._task.cancel()
             _tasks_closing.add(self._task)
             self._task.add_done_callback(_tasks_closing.discard)

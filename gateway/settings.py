@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus import Limits, StreamSettings
+from gateway.event_feed import FEED_LINGER_S
 from gateway.rate_limit import RateLimitSettings
 
 
@@ -45,6 +46,9 @@ class GatewaySettings(BaseSettings):
     # A worker not heard from for this long no longer counts towards readiness.
     worker_stale_after_s: float = Field(10.0, gt=0)
     sse_ping_s: float = Field(15.0, gt=0)
+    # How long the event feed (one JetStream consumer over every new event, which the jobs'
+    # live tails read) outlives its last watcher: a new one costs a consumer's creation.
+    event_feed_linger_s: float = Field(FEED_LINGER_S, ge=0)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     # The console links a job to its trace here (e.g. http://jaeger:16686) when set.
     jaeger_url: str | None = None

@@ -4,15 +4,19 @@ Ids are positions: `0` is the `queued` event (derived from the job's record), ev
 is the event's sequence in the EVENTS stream, so a reconnecting client names exactly where it
 stopped, even across gateway restarts. All the clients of a job share one live tail
 (`gateway.live_tail`): each event is parsed and encoded once, whoever follows it.
+
+No stream makes a JetStream consumer: a tail takes its job's new events from the gateway's
+event feed (`gateway.event_feed`, one consumer for every job), and what was stored before
+the feed's position, or before a ring's start, comes from direct gets
+(`gateway.stored_events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from sse_starlette import ServerSentEvent
@@ -20,9 +24,10 @@ from sse_starlette import ServerSentEvent
 from bus import FinishedEvent, JobRecord, decode_event, message_context
 from bus import subjects as s
 from gateway.bus_client import GatewayBus, StoredEvent
-from gateway.consumers import replay, tail
+from gateway.event_feed import PendingWatch, Watch
 from gateway.live_tail import LiveTail, Push, Source, follow
 from gateway.schemas import JobView
+from gateway.stored_events import StoredMessage
 from gateway.views import queued_data
 
 QUEUED_EVENT_ID = 0
@@ -49,10 +54,10 @@ class JobEntry:
         return None if self.final else self.frame
 
 
-async def _entries(messages: AsyncIterator[Msg]) -> AsyncIterator[JobEntry]:
+async def _entries(messages: AsyncIterator[StoredMessage]) -> AsyncGenerator[JobEntry]:
     seen: set[str] = set()
     async for msg in messages:
-        seq = msg.metadata.sequence.stream
+        seq = msg.seq
         event = decode_event(msg.data)
         if event.dedup_key in seen:
             continue  # a re-published event (same job, attempt and seq) is shown once
@@ -66,16 +71,55 @@ async def _entries(messages: AsyncIterator[Msg]) -> AsyncIterator[JobEntry]:
             yield JobEntry(seq, event.dedup_key, len(frame), False, frame)
 
 
-def _source(bus: GatewayBus, subject: str, live: bool) -> Source[JobEntry]:
-    """The job's entries live (for its tail), or up to what is stored (for a replay)."""
-    read = tail if live else replay
+async def _stored_then_new(
+    bus: GatewayBus, subject: str, start_seq: int
+) -> AsyncGenerator[StoredMessage]:
+    """The subject's messages from `start_seq` on, live: what the stream holds up to the
+    feed's position when the watch began, then what the feed hands out after it."""
+    async with bus.feed.watch(subject) as watch:
+        stored = bus.stored.read(subject, start_seq, end_seq=watch.boundary_seq)
+        async with aclosing(stored) as messages:
+            async for msg in messages:
+                yield msg
+        async for msg in watch.messages():
+            if msg.seq >= start_seq:  # a lagging feed may hand out older ones
+                yield msg
+
+
+def _live(bus: GatewayBus, subject: str) -> Source[JobEntry]:
+    """The job's entries from a position on, live (for its tail)."""
 
     @asynccontextmanager
     async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:
-        async with read(
-            bus.js, bus.new_inbox(), s.EVENTS_STREAM, subject, start_seq, headers_only=False
-        ) as messages:
-            yield _entries(messages)
+        async with aclosing(_entries(_stored_then_new(bus, subject, start_seq))) as read:
+            yield read
+
+    return entries
+
+
+def _watched(bus: GatewayBus, watch: Watch) -> Source[JobEntry]:
+    """The job's entries through a watch made before the job was enqueued: every one of
+    them comes through it (the job had no event before), so nothing is read from the stream."""
+
+    @asynccontextmanager
+    async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:
+        try:
+            new = (msg async for msg in watch.messages() if msg.seq >= start_seq)
+            async with aclosing(_entries(new)) as read:
+                yield read
+        finally:
+            bus.feed.release(watch)
+
+    return entries
+
+
+def _replay(bus: GatewayBus, subject: str) -> Source[JobEntry]:
+    """The job's entries from a position on, up to what is stored (for a replay)."""
+
+    @asynccontextmanager
+    async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:
+        async with aclosing(_entries(bus.stored.read(subject, start_seq))) as read:
+            yield read
 
     return entries
 
@@ -104,9 +148,14 @@ async def job_event_stream(
     last_event_id: int | None,
     finished_view: FinishedView,
     push: Push | None = None,
+    watched: PendingWatch | None = None,
 ) -> AsyncIterator[bytes]:
     """Every event after `last_event_id` (all of them when None), ending after `finished`;
-    with `push`, the live tail may write events straight to the client's connection."""
+    with `push`, the live tail may write events straight to the client's connection. With
+    `watched`, a watch of the job's events made before it was enqueued (the stream of a
+    submission), the job's tail reads nothing back from the stream; whoever made it closes
+    it at the end (its response does), which releases it unless the tail took it.
+    """
     tail_start_seq = 1
     if last_event_id is None:
         queued = queued_data(record).model_dump_json()
@@ -124,10 +173,13 @@ async def job_event_stream(
     subject = s.events_subject(record.run_id, record.job_id)
 
     def make() -> LiveTail[JobEntry]:
-        return LiveTail("job", _source(bus, subject, live=True), tail_start_seq)
+        watch = None if watched is None else watched.take()
+        if watch is not None:
+            # Made before the job existed: the tail covers the job from its first position.
+            return LiveTail("job", _watched(bus, watch), 1)
+        return LiveTail("job", _live(bus, subject), tail_start_seq)
 
-    replay = _source(bus, subject, live=False)
-    async for batch in follow(bus.tails, subject, after, make, replay, push):
+    async for batch in follow(bus.tails, subject, after, make, _replay(bus, subject), push):
         end = batch[-1]
         frames = b"".join(entry.frame for entry in batch)  # `finished` adds nothing: it is last
         if not end.final:

@@ -81,18 +81,17 @@ class Watcher(threading.Thread):
             self.error = exc
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_gateway_restart_while_clients_stream(stack: Stack, signum: signal.Signals) -> None:
-    run_id, job_ids = submit_run(stack, _JOBS)
+def start_watchers(stack: Stack, run_id: str, job_ids: list[str]) -> list[Watcher]:
+    """The run's stream, and the streams of six of its jobs, followed from the start."""
     watchers = [Watcher(stack, f"run:{run_id}")] + [
         Watcher(stack, f"job:{job_id}") for job_id in job_ids[:: _JOBS // 6]
     ]
     for watcher in watchers:
         watcher.start()
-    wait_until(lambda: running_jobs(stack, run_id) > 0, what="a job running")
-    time.sleep(0.5)
-    kill_one(stack, "crucible gateway", signum)
-    counts = settle_and_count(stack, f"gateway {signum.name} while streaming", run_id, job_ids)
+    return watchers
+
+
+def check_watchers(watchers: list[Watcher], job_ids: list[str]) -> None:
     for watcher in watchers:
         watcher.join(120)
         assert watcher.error is None, watcher.error
@@ -111,6 +110,30 @@ def test_gateway_restart_while_clients_stream(stack: Stack, signum: signal.Signa
     finished = [e for e in watchers[0].events if e.event == "finished"]
     print(f"[chaos] run stream across the restart: {len(finished)} finished events", flush=True)
     assert sorted(e.json_data()["id"] for e in finished) == sorted(job_ids)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_gateway_restart_while_clients_stream(stack: Stack, signum: signal.Signals) -> None:
+    run_id, job_ids = submit_run(stack, _JOBS)
+    watchers = start_watchers(stack, run_id, job_ids)
+    wait_until(lambda: running_jobs(stack, run_id) > 0, what="a job running")
+    time.sleep(0.5)
+    kill_one(stack, "crucible gateway", signum)
+    counts = settle_and_count(stack, f"gateway {signum.name} while streaming", run_id, job_ids)
+    check_watchers(watchers, job_ids)
+    assert (counts.lost, counts.duplicated) == (0, 0)
+
+
+def test_nats_restart_while_clients_stream(stack: Stack) -> None:
+    # The jobs' streams read through the gateway's event feed (one consumer, in memory on
+    # the server): it must pick up where it was once NATS is back, for every job.
+    run_id, job_ids = submit_run(stack, _JOBS)
+    watchers = start_watchers(stack, run_id, job_ids)
+    wait_until(lambda: running_jobs(stack, run_id) > 0, what="a job running")
+    time.sleep(0.5)
+    kill_one(stack, "nats-server", signal.SIGKILL)
+    counts = settle_and_count(stack, "nats-server SIGKILL while streaming", run_id, job_ids)
+    check_watchers(watchers, job_ids)
     assert (counts.lost, counts.duplicated) == (0, 0)
 
 

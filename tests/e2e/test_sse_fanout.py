@@ -38,11 +38,13 @@ _SETTLE_S = 10.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Its own stack: the consumer and tail counts below are this module's alone.
-    unlimited = {
+    env = {
         "CRUCIBLE_RATE_LIMIT__BURST": "100000",
         "CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S": "1e5",
+        # The jobs' event feed (one consumer) stops soon after its last watcher leaves.
+        "CRUCIBLE_EVENT_FEED_LINGER_S": "0.2",
     }
-    with running_stack(tmp_path_factory.mktemp("fanout"), workers=1, env=unlimited) as running:
+    with running_stack(tmp_path_factory.mktemp("fanout"), workers=1, env=env) as running:
         yield running
 
 
@@ -171,6 +173,20 @@ def test_the_tail_is_gone_when_the_last_client_leaves_mid_job(stack: Stack) -> N
     assert settled(stack) == (0, 0)  # while the job still prints
     job = httpx.get(accepted["url"], headers=stack.headers(), timeout=10).json()
     assert job["status"] != "finished"
+
+
+def test_submissions_answered_with_their_streams_leave_nothing_reading(stack: Stack) -> None:
+    # Each submission watches its job before the job is enqueued; whether its client reads
+    # the stream to the end or leaves at once, the watch goes (and the feed with it).
+    spec = {"language": "python", "code": "print(1)"}
+    headers = stack.headers() | {"Accept": "text/event-stream"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as client:
+        for read_to_the_end in (True, False, False, True, False):
+            with client.stream("POST", "/v1/jobs", json=spec) as response:
+                assert response.status_code == 200
+                if read_to_the_end:
+                    assert "event: finished" in response.read().decode()
+    assert settled(stack) == (0, 0)
 
 
 def test_run_stream_clients_share_a_tail_and_each_gets_every_finished_once(stack: Stack) -> None:

@@ -197,3 +197,28 @@ async def test_a_connection_that_does_not_read_makes_direct_writes_decline() -> 
         server.should_exit = True
         await task
     assert 0 < written < 256 * 1024 * 1024
+
+
+async def test_a_stream_whose_client_is_gone_before_it_starts_still_closes() -> None:
+    # The client left before the status line could go out: the stream's generator never
+    # starts, so no `finally` of its own runs; what it holds (a submission's watch of its
+    # job) is let go of by `on_close`, once.
+    started: list[bool] = []
+    closed: list[bool] = []
+
+    async def held() -> AsyncIterator[bytes]:
+        started.append(True)
+        yield FRAMES[0]
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # no disconnect message: the send fails first
+        raise AssertionError("unreachable")
+
+    async def gone(message: Message) -> None:
+        raise OSError("the client is gone")
+
+    response = EventStreamResponse(held(), ping=15, on_close=lambda: closed.append(True))
+    scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with pytest.raises(BaseException):  # noqa: B017 - whatever the server sees (a group of one)
+        await response(scope, receive, gone)
+    assert (started, closed) == ([], [True])
