@@ -54,6 +54,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 import types
 from contextlib import suppress
@@ -179,6 +180,10 @@ def _send_status(report: socket.socket, returncode: int) -> None:
         report.close()
 
 
+def _skipped() -> None:
+    """threading's after-fork clean-up, in the zygote's own forks (see `Zygote.serve`)."""
+
+
 def _reap_zombies() -> None:
     while True:
         try:
@@ -268,6 +273,13 @@ class Zygote:
         """Fork a sandbox per request until the worker goes; returns only in a job process."""
         for name in _WARM_MODULES:
             importlib.import_module(name)
+        # threading's clean-up after a fork resets what another thread may have held as the
+        # process forked. The zygote has no other thread and holds no threading lock when it
+        # forks, so for its forks there is nothing to reset, and the clean-up would cost each
+        # job's process ~90 pages copied. A job's process puts it back before the job runs,
+        # so that the job's own forks clean up as anywhere else.
+        self.after_fork = threading._after_fork.__code__  # type: ignore[attr-defined]
+        threading._after_fork.__code__ = _skipped.__code__  # type: ignore[attr-defined]
         # An init shares this memory and a copy of our signal dispositions: were any a
         # handler, a signal to an init would run it there, and raise it in here. None is.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -438,6 +450,7 @@ class JobProcess:
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
         os.closerange(_FIRST_KEPT_FD, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        threading._after_fork.__code__ = self.zygote.after_fork  # type: ignore[attr-defined]
         # As python3 starts: SIGINT raises KeyboardInterrupt, a child's exit is the job's to
         # wait for (SIGPIPE and SIGXFSZ stay ignored).
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -174,6 +174,28 @@ async def test_orphans_that_exit_are_reaped_as_by_an_init(forked: BwrapSandbox) 
     assert outcome == (Verdict.ACCEPTED, "done\n", ""), result
 
 
+async def test_a_job_that_forks_beside_a_thread_cleans_up_as_python3(forked: BwrapSandbox) -> None:
+    # The fork server skips threading's after-fork clean-up for its own forks; a job's forks
+    # must have it: without it the child would see the other thread still there, and wait
+    # for it at exit for ever.
+    code = (
+        "import os, threading\n"
+        "stop = threading.Event()\n"
+        "thread = threading.Thread(target=stop.wait)\n"
+        "thread.start()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print('child sees', len(threading.enumerate()), 'thread', flush=True)\n"
+        "    raise SystemExit(0)\n"  # a normal exit waits for the child's non-daemon threads
+        "_, status = os.waitpid(pid, 0)\n"
+        "stop.set()\n"
+        "thread.join()\n"
+        "print('child exited', os.waitstatus_to_exitcode(status))\n"
+    )
+    result = await run(forked, code, limits={"wall_time_s": 5})
+    assert result.stdout == "child sees 1 thread\nchild exited 0\n", result
+
+
 async def test_concurrent_jobs_each_get_their_own_sandbox(forked: BwrapSandbox) -> None:
     code = (
         "import os, sys, time\n"
