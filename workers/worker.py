@@ -50,6 +50,7 @@ from bus import (
 from bus import subjects as s
 from bus.pull import Puller
 from observability import job_id_var
+from observability.tracing import start_as_current_span
 from sandbox import Sandbox
 from workers import metrics
 from workers.events import AttemptEvents, StaleHistoryError
@@ -347,7 +348,8 @@ class Worker:
             await msg.nak()
             log.info("the job before it in this slot runs on; handed back for a free slot")
             return
-        with tracer.start_as_current_span(
+        with start_as_current_span(
+            tracer,
             f"process {s.JOBS_STREAM}",
             context=message_context(msg.headers),
             kind=SpanKind.CONSUMER,
