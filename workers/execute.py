@@ -39,7 +39,7 @@ async def _run(
         began = time.monotonic()
         run = await sandbox.run(spec, observed)
         overhead = time.monotonic() - began - run.wall_time_s
-        metrics.SANDBOX_OVERHEAD.labels(sandbox.name).observe(max(overhead, 0.0))
+        metrics.sandbox_overhead(sandbox.name).observe(max(overhead, 0.0))
         span.set_attributes(
             {
                 "crucible.verdict": run.verdict.value,

@@ -90,9 +90,10 @@ class _Turn:
     async def take(self) -> bool:
         """Wait for the sandbox; False when the job before holds it past `_AHEAD_HOLD_S`."""
         if not self._taken:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(_AHEAD_HOLD_S):
-                    await asyncio.shield(self._after)
+            if not self._after.done():  # most jobs find the sandbox free: no timer for them
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(_AHEAD_HOLD_S):
+                        await asyncio.shield(self._after)
             self._taken = self._after.done()
             if self._taken:
                 self._busy(1)
