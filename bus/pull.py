@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -63,12 +64,17 @@ class Puller:
             raise BusUnavailableError(f"could not listen on {self._prefix}: {exc!r}") from exc
 
     async def close(self) -> None:
-        """Stop listening; a pull still waiting ends without a job."""
+        """Stop listening; a pull still waiting ends without a job, and a job kept for the
+        next pull goes back to the queue at once (not after its ack wait)."""
         for pull in self._pulls:
             if not pull.future.done():
                 pull.future.set_result(None)
         if self._subscription is not None and not self._nc.is_closed:
             await self._nc.unsubscribe_direct(self._subscription)
+        while self._early:
+            job = self._early.popleft()
+            with suppress(NatsError):
+                await job.nak()
 
     async def next(self, wait_s: float) -> Msg | None:
         """The next job, waiting up to `wait_s` for one to be queued; None if none was."""

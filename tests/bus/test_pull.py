@@ -76,3 +76,21 @@ async def test_a_pull_on_a_queue_that_is_not_there_fails(nats_server: NatsServer
         with pytest.raises(BusUnavailableError, match="503"):
             await puller.next(1.0)
         await puller.close()
+
+
+async def test_a_job_kept_for_the_next_pull_goes_back_to_the_queue_on_close(
+    worker: Connection, nats_server: NatsServer
+) -> None:
+    puller = Puller(worker, s.JOBS_STREAM, s.WORKERS_CONSUMER)
+    await puller.start()
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}"
+    await worker.publish(next_subject, b'{"batch":1}', reply=f"{puller._prefix}.999")
+    await enqueue(nats_server, b"kept")
+    await asyncio.sleep(0.2)
+    await puller.close()  # the job was kept, never handed out: it goes back
+    again = Puller(worker, s.JOBS_STREAM, s.WORKERS_CONSUMER)
+    await again.start()
+    job = await again.next(1.0)  # well within the 30 s ack wait
+    assert job is not None and job.data == b"kept" and job.metadata.num_delivered == 2
+    await job.ack()
+    await again.close()
