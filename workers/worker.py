@@ -162,8 +162,8 @@ class Worker:
             await puller.close()
             await requests.close()
             await self._sandbox.close()
-            # Not drain(): draining a pull subscription waits out its whole timeout. Every
-            # job is acked or handed back by now; flush so those last acks leave first.
+            # Not drain(): nothing is left to drain. Every job is acked or handed back by now;
+            # flush so those last acks (and naks) leave first.
             with suppress(Exception):
                 await nc.flush()
             await nc.close()
