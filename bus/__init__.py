@@ -6,7 +6,7 @@ Errors::
      └── BusUnavailableError (also ConnectionError): NATS or a stream cannot be used now
 """
 
-from bus.connection import MAX_PAYLOAD_BYTES, NatsSettings, connect
+from bus.connection import MAX_PAYLOAD_BYTES, Connection, NatsSettings, connect
 from bus.errors import BusError, BusUnavailableError, QueueFullError, SupersededError
 from bus.ids import is_valid_id, new_job_id, new_run_id, page_of, paged_job_id
 from bus.messaging import decode_event, message_context, publish_model
@@ -34,6 +34,7 @@ from bus.models import (
 )
 from bus.permissions import SERVICE_PERMISSIONS, Permissions
 from bus.pipeline import Outgoing, kv_purge, publish_all
+from bus.requests import JetStreamRequests, Stored, StoredMessage
 from bus.runs import PagedRecord, RecordPage, RunChunk, RunMember, RunRecord
 from bus.streams import MAX_ATTEMPTS_METADATA, StreamSettings, ensure_streams
 
@@ -48,7 +49,9 @@ __all__ = [
     "Case",
     "CaseResult",
     "Compare",
+    "Connection",
     "FinishedEvent",
+    "JetStreamRequests",
     "JobEvent",
     "JobMessage",
     "JobRecord",
@@ -69,6 +72,8 @@ __all__ = [
     "ServiceCredentials",
     "StartedEvent",
     "Status",
+    "Stored",
+    "StoredMessage",
     "StreamSettings",
     "SupersededError",
     "Verdict",

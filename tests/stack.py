@@ -58,6 +58,17 @@ class NatsServer:
         self.process.terminate()
         self.process.wait(10)
 
+    def restart(self) -> None:
+        """Stop, then start again with the same port, identities and JetStream store."""
+        self.stop()
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.layout.config_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(int(self.layout.url.rsplit(":", 1)[1]))
+
 
 def start_nats(state_dir: Path, auth: AuthMode = AuthMode.NKEY) -> NatsServer:
     """A real nats-server with Crucible's config: JetStream and per-service identities."""

@@ -20,18 +20,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js import JetStreamContext
-
 from bus import (
     FinishedEvent,
+    JetStreamRequests,
     JobMessage,
     JobResult,
     OutputEvent,
     StartedEvent,
     SupersededError,
-    publish_model,
 )
 from bus import subjects as s
+from observability.propagation import inject_headers
 from sandbox import OutputChunk
 from sandbox.models import Stream
 
@@ -66,9 +65,17 @@ class AttemptEvents:
     """Numbers and stores the events of one attempt, in order, off the sandbox's path."""
 
     def __init__(
-        self, js: JetStreamContext, job: JobMessage, attempt: int, worker: str, after_seq: int
+        self,
+        requests: JetStreamRequests,
+        job: JobMessage,
+        attempt: int,
+        worker: str,
+        after_seq: int,
     ):
-        self._js = js
+        self._requests = requests
+        # Every event of the attempt carries the trace context current when it is made (the
+        # attempt's span): the writer task runs in a copy of it, `finished` in it.
+        self._trace_headers = inject_headers()
         self._after_seq = after_seq  # the job's newest stored event: each store must follow it
         self._stored_any = False
         self._job = job
@@ -166,17 +173,18 @@ class AttemptEvents:
     async def _store(self, event: StartedEvent | OutputEvent | FinishedEvent) -> None:
         # Type and verdict in headers: a run's progress is counted from headers alone,
         # without fetching every event's body (stdout can be megabytes).
-        headers: dict[str, str] = {s.EVENT_TYPE_HEADER: event.type}
+        headers = {
+            **self._trace_headers,
+            s.EVENT_TYPE_HEADER: event.type,
+            "Nats-Msg-Id": event.dedup_key,  # JetStream drops a re-publish of this event
+            # Stored only if the job's newest event is still the one this attempt last saw.
+            "Nats-Expected-Last-Subject-Sequence": str(self._after_seq),
+        }
         if isinstance(event, FinishedEvent):
             headers[s.VERDICT_HEADER] = event.result.verdict.value
         try:
-            ack = await publish_model(
-                self._js,
-                self._subject,
-                event,
-                msg_id=event.dedup_key,
-                extra_headers=headers,
-                after_seq=self._after_seq,
+            ack = await self._requests.store(
+                self._subject, event.model_dump_json().encode(), headers
             )
             if ack.duplicate:
                 # Another delivery stored this very (job, attempt, seq): not ours to follow.

@@ -8,6 +8,7 @@ from datetime import datetime
 from opentelemetry import trace
 
 from bus import CaseResult, JobMessage, JobResult, Verdict
+from observability.tracing import start_as_current_span
 from sandbox import ExecResult, ExecSpec, OutputChunk, OutputSink, Sandbox
 from workers import metrics
 from workers.judge import exec_spec, judge, judge_case, judge_cases
@@ -25,7 +26,7 @@ async def _run(
     }
     if case is not None:
         attributes["crucible.case"] = case
-    with tracer.start_as_current_span("sandbox.run", attributes=attributes) as span:
+    with start_as_current_span(tracer, "sandbox.run", attributes=attributes) as span:
         output_seen = False
 
         async def observed(chunk: OutputChunk) -> None:
@@ -38,7 +39,7 @@ async def _run(
         began = time.monotonic()
         run = await sandbox.run(spec, observed)
         overhead = time.monotonic() - began - run.wall_time_s
-        metrics.SANDBOX_OVERHEAD.labels(sandbox.name).observe(max(overhead, 0.0))
+        metrics.sandbox_overhead(sandbox.name).observe(max(overhead, 0.0))
         span.set_attributes(
             {
                 "crucible.verdict": run.verdict.value,

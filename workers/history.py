@@ -19,10 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-
-from bus import JobMessage, decode_event
+from bus import JetStreamRequests, JobMessage, decode_event
 from bus import subjects as s
 
 
@@ -38,15 +35,11 @@ class History:
         return self.last_attempt + 1
 
 
-async def job_history(js: JetStreamContext, job: JobMessage) -> History:
+async def job_history(requests: JetStreamRequests, job: JobMessage) -> History:
     """The job's newest stored event, as far as a redelivery needs to know."""
-    try:
-        last = await js.get_last_msg(
-            s.EVENTS_STREAM, s.events_subject(job.run_id, job.job_id), direct=True
-        )
-    except NotFoundError:
+    last = await requests.last_message(s.EVENTS_STREAM, s.events_subject(job.run_id, job.job_id))
+    if last is None:
         return History()
-    assert last.data is not None and last.seq is not None
-    if (last.headers or {}).get(s.EVENT_TYPE_HEADER) == "finished":
+    if last.headers.get(s.EVENT_TYPE_HEADER) == "finished":
         return History(finished=True, last_seq=last.seq)
     return History(last_attempt=decode_event(last.data).attempt, last_seq=last.seq)

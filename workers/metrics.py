@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from bus import JobMessage, JobResult
@@ -38,9 +40,27 @@ def serve(port: int, host: str) -> None:
     start_http_server(port, addr=host)
 
 
+# A labelled child is found by validating and joining its labels under the metric's lock on
+# every `labels()` call; there are few of them (verdicts x runtimes, backends), each is kept.
+@cache
+def _finished(verdict: str, runtime: str) -> Counter:
+    return JOBS_FINISHED.labels(verdict, runtime)
+
+
+@cache
+def _run_time(runtime: str) -> Histogram:
+    return RUN_TIME.labels(runtime)
+
+
+@cache
+def sandbox_overhead(backend: str) -> Histogram:
+    """The SANDBOX_OVERHEAD histogram of one backend."""
+    return SANDBOX_OVERHEAD.labels(backend)
+
+
 def record_finished(job: JobMessage, result: JobResult) -> None:
-    JOBS_FINISHED.labels(result.verdict.value, job.spec.language).inc()
-    RUN_TIME.labels(job.spec.language).observe(result.wall_time_s)
+    _finished(result.verdict.value, job.spec.language).inc()
+    _run_time(job.spec.language).observe(result.wall_time_s)
     if result.started_at is not None:
         waited = (result.started_at - job.submitted_at).total_seconds()
         TIME_IN_QUEUE.observe(max(waited, 0.0))

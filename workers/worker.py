@@ -36,6 +36,7 @@ from bus import (
     MAX_ATTEMPTS_METADATA,
     BusUnavailableError,
     CancelRequest,
+    JetStreamRequests,
     JobMessage,
     JobResult,
     NatsSettings,
@@ -47,7 +48,9 @@ from bus import (
     utc_now,
 )
 from bus import subjects as s
+from bus.pull import Puller
 from observability import job_id_var
+from observability.tracing import start_as_current_span
 from sandbox import Sandbox
 from workers import metrics
 from workers.events import AttemptEvents, StaleHistoryError
@@ -87,9 +90,10 @@ class _Turn:
     async def take(self) -> bool:
         """Wait for the sandbox; False when the job before holds it past `_AHEAD_HOLD_S`."""
         if not self._taken:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(_AHEAD_HOLD_S):
-                    await asyncio.shield(self._after)
+            if not self._after.done():  # most jobs find the sandbox free: no timer for them
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(_AHEAD_HOLD_S):
+                        await asyncio.shield(self._after)
             self._taken = self._after.done()
             if self._taken:
                 self._busy(1)
@@ -130,21 +134,23 @@ class Worker:
         """Serve jobs until `stop()`, then shut down in order."""
         await self._sandbox.check()  # never run code without a working sandbox
         nc = await connect(self._nats_settings, service="worker", name=self.settings.worker_id)
+        requests = JetStreamRequests(nc)
+        puller = Puller(nc, s.JOBS_STREAM, s.WORKERS_CONSUMER)
         try:
-            js = nc.jetstream()
             await nc.subscribe(s.CANCEL_ALL, cb=self._on_cancel)
-            consumer = await self._consumer_settings(js)
+            consumer = await self._consumer_settings(nc.jetstream())
             if consumer is None:
                 return
             max_attempts, ack_wait_s = consumer
-            psub = await js.pull_subscribe_bind(s.WORKERS_CONSUMER, stream=s.JOBS_STREAM)
+            await requests.start()
+            await puller.start()
             if self.settings.metrics_port is not None:
                 metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
             metrics.SLOTS.set(self.settings.concurrency)
             log.info("worker ready", extra={"concurrency": self.settings.concurrency})
             heartbeat = asyncio.create_task(self._heartbeat(nc))
             slots = [
-                asyncio.create_task(self._slot(js, psub, max_attempts, ack_wait_s))
+                asyncio.create_task(self._slot(requests, puller, max_attempts, ack_wait_s))
                 for _ in range(self.settings.concurrency)
             ]
             await self._stopping.wait()
@@ -152,11 +158,12 @@ class Worker:
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
                 await heartbeat
-            await psub.unsubscribe()
         finally:
+            await puller.close()
+            await requests.close()
             await self._sandbox.close()
-            # Not drain(): draining a pull subscription waits out its whole timeout. Every
-            # job is acked or handed back by now; flush so those last acks leave first.
+            # Not drain(): nothing is left to drain. Every job is acked or handed back by now;
+            # flush so those last acks (and naks) leave first.
             with suppress(Exception):
                 await nc.flush()
             await nc.close()
@@ -205,8 +212,8 @@ class Worker:
 
     async def _slot(
         self,
-        js: JetStreamContext,
-        psub: JetStreamContext.PullSubscription,
+        requests: JetStreamRequests,
+        puller: Puller,
         max_attempts: int,
         ack_wait_s: float,
     ) -> None:
@@ -221,14 +228,16 @@ class Worker:
             while not self._stopping.is_set():
                 ahead = not turn.done()
                 wait_s = _AHEAD_WAIT_S if ahead else self.settings.fetch_wait_s
-                msg = await self._fetch(psub, wait_s)
+                msg = await self._fetch(puller, wait_s)
                 if msg is None:
                     if ahead:  # taken by other workers after all: wait for the sandbox
                         await turn
                     continue
                 free = loop.create_future()
                 job = asyncio.create_task(
-                    self._serve(js, msg, max_attempts, ack_wait_s, _Turn(turn, free, self._count))
+                    self._serve(
+                        requests, msg, max_attempts, ack_wait_s, _Turn(turn, free, self._count)
+                    )
                 )
                 jobs.add(job)
                 job.add_done_callback(jobs.discard)
@@ -244,23 +253,25 @@ class Worker:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
 
-    async def _fetch(self, psub: JetStreamContext.PullSubscription, wait_s: float) -> Msg | None:
+    async def _fetch(self, puller: Puller, wait_s: float) -> Msg | None:
         try:
-            (msg,) = await psub.fetch(1, timeout=wait_s)
-        except TimeoutError:
-            return None
+            return await puller.next(wait_s)
         except Exception:
             log.exception("fetching a job failed; retrying")
             await asyncio.sleep(self.settings.fetch_wait_s)
             return None
-        return msg
 
     async def _serve(
-        self, js: JetStreamContext, msg: Msg, max_attempts: int, ack_wait_s: float, turn: _Turn
+        self,
+        requests: JetStreamRequests,
+        msg: Msg,
+        max_attempts: int,
+        ack_wait_s: float,
+        turn: _Turn,
     ) -> None:
         """Process one job; its turn is released once its sandbox is no longer needed."""
         try:
-            await self._process(js, msg, max_attempts, ack_wait_s, turn)
+            await self._process(requests, msg, max_attempts, ack_wait_s, turn)
         except Exception:
             # The bus failed before the job ran (NATS restarting, a node lost): the slot
             # lives on, and the job comes back after its ack wait.
@@ -274,7 +285,7 @@ class Worker:
 
     async def _process(
         self,
-        js: JetStreamContext,
+        requests: JetStreamRequests,
         msg: Msg,
         max_attempts: int,
         ack_wait_s: float,
@@ -295,12 +306,12 @@ class Worker:
         assumed = History() if msg.metadata.num_delivered == 1 else None
         try:
             try:
-                await self._deliver(js, msg, job, assumed, max_attempts, ack_wait_s, turn)
+                await self._deliver(requests, msg, job, assumed, max_attempts, ack_wait_s, turn)
             except StaleHistoryError:
                 if assumed is None:
                     raise
                 log.info("a first delivery found earlier events stored; reading them")
-                await self._deliver(js, msg, job, None, max_attempts, ack_wait_s, turn)
+                await self._deliver(requests, msg, job, None, max_attempts, ack_wait_s, turn)
         except SupersededError:
             # The job was redelivered while this attempt was cut off, and the newer attempt
             # owns it now: stop without a word (no ack, no nak), so as to add no result.
@@ -312,7 +323,7 @@ class Worker:
 
     async def _deliver(
         self,
-        js: JetStreamContext,
+        requests: JetStreamRequests,
         msg: Msg,
         job: JobMessage,
         known: History | None,
@@ -323,10 +334,10 @@ class Worker:
         """One go at the job from what is stored (`known`, or read now)."""
         if known is None:
             history, cancel_requested = await asyncio.gather(
-                job_history(js, job), self._cancel_requested(js, job.job_id)
+                job_history(requests, job), _cancel_requested(requests, job.job_id)
             )
         else:
-            history, cancel_requested = known, await self._cancel_requested(js, job.job_id)
+            history, cancel_requested = known, await _cancel_requested(requests, job.job_id)
         if history.finished:
             # An earlier delivery stored its result, then lost its ack (its worker died
             # in between): the job is done, and running it again would give two results.
@@ -338,7 +349,8 @@ class Worker:
             await msg.nak()
             log.info("the job before it in this slot runs on; handed back for a free slot")
             return
-        with tracer.start_as_current_span(
+        with start_as_current_span(
+            tracer,
             f"process {s.JOBS_STREAM}",
             context=message_context(msg.headers),
             kind=SpanKind.CONSUMER,
@@ -355,7 +367,7 @@ class Worker:
             waited = (utc_now() - job.submitted_at).total_seconds()
             span.add_event("dequeued", {"crucible.queue_wait_s": max(waited, 0.0)})
             events = AttemptEvents(
-                js, job, attempt, self.settings.worker_id, after_seq=history.last_seq
+                requests, job, attempt, self.settings.worker_id, after_seq=history.last_seq
             )
             cancel_requested = cancel_requested or job.job_id in self._cancelled
             await self._attempt(msg, job, events, cancel_requested, max_attempts, ack_wait_s, turn)
@@ -385,7 +397,9 @@ class Worker:
         try:
             started_at = utc_now()
             events.started()  # stored while the sandbox starts; `finished` waits for it
-            log.info("job started", extra={"attempt": events.attempt})
+            # Not at INFO: a line costs the worker ~50 us of CPU (record, JSON, a write), as
+            # much as a store; `started` on the bus says it, with the worker and attempt.
+            log.debug("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
             turn.release()
             await events.finished(result)
@@ -393,7 +407,10 @@ class Worker:
             # Only now: the result is stored. Not waited for: an ack that is lost brings the
             # job back, and the next delivery finds its result stored and acks it.
             await msg.ack()
-            log.info("job finished", extra={"verdict": result.verdict.value})
+            log.info(
+                "job finished",
+                extra={"attempt": events.attempt, "verdict": result.verdict.value},
+            )
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the job back for another worker at once.
             events.abandon()
@@ -426,16 +443,6 @@ class Worker:
             # written. Kept here, it stops the job before the sandbox starts.
             self._cancelled.add(job_id)
 
-    async def _cancel_requested(self, js: JetStreamContext, job_id: str) -> bool:
-        """True when the job was cancelled while it waited in the queue."""
-        try:
-            await js.get_last_msg(
-                s.CANCELS_BUCKET_STREAM, s.cancel_key_subject(job_id), direct=True
-            )
-        except NotFoundError:
-            return False
-        return True
-
     async def _run(self, job: JobMessage, events: AttemptEvents, started_at: datetime) -> JobResult:
         """The sandbox run, cancellable on its own by a cancel request for this job."""
         run = asyncio.create_task(execute(self._sandbox, job, events.output, started_at))
@@ -455,3 +462,9 @@ class Worker:
             await asyncio.sleep(ack_wait_s / _PROGRESS_PER_ACK_WAIT)
             with suppress(Exception):
                 await msg.in_progress()
+
+
+async def _cancel_requested(requests: JetStreamRequests, job_id: str) -> bool:
+    """True when the job was cancelled while it waited in the queue."""
+    request = await requests.last_message(s.CANCELS_BUCKET_STREAM, s.cancel_key_subject(job_id))
+    return request is not None

@@ -389,3 +389,74 @@ def test_exported_job_spans_are_recorded(receiver: OtlpReceiver) -> None:
 def test_job_spans_without_the_sdk_have_no_ids() -> None:
     jobs, _ = job_spans(run_child(JOB_TRACES_PROGRAM, OTEL_SDK_DISABLED="true"))
     assert jobs == [("False", "None", "None")] * JOB_SPANS
+
+
+# The worker's spans (process, then sandbox.run inside it) under a parent from message headers
+# (sampled, not sampled, none), beside the span the SDK itself starts under the same parent.
+PARENT = "0af7651916cd43dd8448eb211c80319c"
+CONSUMER_SPANS_PROGRAM = (
+    f"""
+PARENTS = ["00-{PARENT}-b7ad6b7169203331-01", "00-{PARENT}-b7ad6b7169203331-00", None]
+"""
+    + """
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from observability import extract_context, inject_headers, setup_tracing, shutdown_tracing
+from observability.tracing import start_as_current_span
+setup_tracing("crucible-worker")
+tracer = trace.get_tracer("t")
+for parent in PARENTS:
+    context = extract_context({"traceparent": parent} if parent else {})
+    sdk = tracer.start_span("sdk", context=context, kind=SpanKind.CONSUMER)
+    sdk_flags = inject_headers(context=trace.set_span_in_context(sdk))["traceparent"][-2:]
+    sdk.end()
+    with start_as_current_span(tracer, "process", context=context, kind=SpanKind.CONSUMER) as p:
+        process = inject_headers()["traceparent"]
+        with start_as_current_span(tracer, "sandbox.run", attributes={"n": 1}) as run:
+            print(p.is_recording(), run.is_recording(), process, inject_headers()["traceparent"],
+                  sdk_flags)
+shutdown_tracing()
+"""
+)
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "traceidratio"])
+def test_unexported_consumer_spans_carry_the_ids_and_flags_the_sdk_would_give(
+    receiver: OtlpReceiver, sampler: str
+) -> None:
+    # traceidratio decides by the trace id whatever the parent says: the sampler is asked.
+    lines = run_child(
+        CONSUMER_SPANS_PROGRAM, OTEL_TRACES_SAMPLER=sampler, OTEL_TRACES_SAMPLER_ARG="0.5"
+    )
+    assert len(lines) == 3
+    for line, parent in zip(lines, ("01", "00", None), strict=True):
+        process_recording, run_recording, process, run, sdk_flags = line.split()
+        assert (process_recording, run_recording) == ("False", "False")  # no one would see them
+        _, process_trace, process_span, process_flags = process.split("-")
+        _, run_trace, run_span, run_flags = run.split("-")
+        assert run_trace == process_trace and len(process_trace) == 32
+        assert len({process_span, run_span, "b7ad6b7169203331"}) == 3
+        assert run_flags == process_flags
+        if parent is not None:
+            assert process_trace == PARENT  # the message's trace goes on
+            assert process_flags == sdk_flags  # the sampler's decision, as the SDK's
+        else:  # a new trace (the SDK's span beside it has another trace id)
+            sampled = sampler == "parentbased_always_on" or _ratio_samples(process_trace, 0.5)
+            assert int(process_flags, 16) == (0x02 | sampled)  # random trace id, + sampled
+    assert receiver.spans() == []
+
+
+def _ratio_samples(trace_id: str, ratio: float) -> bool:
+    """TraceIdRatioBased: sampled when the trace id's low 64 bits are below the bound."""
+    return int(trace_id, 16) & (2**64 - 1) < round(ratio * 2**64)
+
+
+def test_exported_consumer_spans_are_recorded(receiver: OtlpReceiver) -> None:
+    lines = run_child(CONSUMER_SPANS_PROGRAM, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+    # The parent that was not sampled is followed by the default (parent-based) sampler.
+    assert [line.split()[:2] for line in lines] == [["True"] * 2, ["False"] * 2, ["True"] * 2]
+    spans = receiver.wait_for(lambda s: len(s) >= 6, timeout_s=ARRIVAL_TIMEOUT_S)
+    runs = [s for s in spans if s.name == "sandbox.run"]
+    processes = {s.span_id: s for s in spans if s.name == "process"}
+    assert len(runs) == 2 and all(run.parent_span_id in processes for run in runs)
+    assert PARENT in {process.trace_id for process in processes.values()}

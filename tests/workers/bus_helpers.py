@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from bus import (
     JOB_EVENT,
+    Connection,
     JobEvent,
     JobMessage,
     JobSpec,
@@ -25,7 +25,7 @@ from tests.stack import NatsServer
 
 
 @asynccontextmanager
-async def connected(server: NatsServer, service: str) -> AsyncIterator[NATS]:
+async def connected(server: NatsServer, service: str) -> AsyncIterator[Connection]:
     nc = await connect(server.settings(service), service, f"test-{service}")
     try:
         yield nc

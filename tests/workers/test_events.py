@@ -7,9 +7,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from nats.js import JetStreamContext
 
-from bus import JobMessage, JobResult, OutputEvent, StartedEvent, SupersededError, Verdict
+from bus import (
+    JetStreamRequests,
+    JobMessage,
+    JobResult,
+    OutputEvent,
+    StartedEvent,
+    SupersededError,
+    Verdict,
+)
 from bus import subjects as s
 from bus.models import utc_now
 from sandbox import OutputChunk
@@ -21,10 +28,13 @@ RESULT = JobResult(verdict=Verdict.ACCEPTED, finished_at=utc_now())
 
 
 @pytest.fixture
-async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
+async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamRequests]:
     await ensure_layout(nats_server)
     async with connected(nats_server, "worker") as nc:
-        yield nc.jetstream()
+        requests = JetStreamRequests(nc)
+        await requests.start()
+        yield requests
+        await requests.close()
 
 
 def chunks(stream: str, *parts: str, start: int = 0) -> list[OutputChunk]:
@@ -37,13 +47,13 @@ def chunks(stream: str, *parts: str, start: int = 0) -> list[OutputChunk]:
 
 
 def attempt(
-    js: JetStreamContext, job: JobMessage, number: int = 1, after: int = 0
+    js: JetStreamRequests, job: JobMessage, number: int = 1, after: int = 0
 ) -> AttemptEvents:
     return AttemptEvents(js, job, number, "test-worker", after_seq=after)
 
 
 async def test_output_queued_behind_a_store_in_flight_is_one_event(
-    js: JetStreamContext, nats_server: NatsServer
+    js: JetStreamRequests, nats_server: NatsServer
 ) -> None:
     job = new_job()
     events = attempt(js, job)
@@ -61,7 +71,7 @@ async def test_output_queued_behind_a_store_in_flight_is_one_event(
 
 
 async def test_streams_alternating_or_gaps_in_offsets_stay_apart(
-    js: JetStreamContext, nats_server: NatsServer
+    js: JetStreamRequests, nats_server: NatsServer
 ) -> None:
     job = new_job()
     events = attempt(js, job)
@@ -86,7 +96,7 @@ async def test_streams_alternating_or_gaps_in_offsets_stay_apart(
 
 
 async def test_coalesced_events_are_bounded_and_lose_no_byte(
-    js: JetStreamContext, nats_server: NatsServer
+    js: JetStreamRequests, nats_server: NatsServer
 ) -> None:
     job = new_job()
     events = attempt(js, job)
@@ -105,7 +115,7 @@ async def test_coalesced_events_are_bounded_and_lose_no_byte(
 
 
 async def test_a_refused_first_store_is_a_stale_history(
-    js: JetStreamContext, nats_server: NatsServer
+    js: JetStreamRequests, nats_server: NatsServer
 ) -> None:
     job = new_job()
     earlier = attempt(js, job)
@@ -123,7 +133,7 @@ async def test_a_refused_first_store_is_a_stale_history(
 
 
 async def test_a_cut_off_attempt_stores_nothing_after_the_newer_one(
-    js: JetStreamContext, nats_server: NatsServer
+    js: JetStreamRequests, nats_server: NatsServer
 ) -> None:
     job = new_job()
     old = attempt(js, job)
@@ -149,9 +159,7 @@ async def test_a_cut_off_attempt_stores_nothing_after_the_newer_one(
     assert isinstance(stored[0], StartedEvent)
 
 
-async def last_seq(js: JetStreamContext, job: JobMessage) -> int:
-    msg = await js.get_last_msg(
-        s.EVENTS_STREAM, s.events_subject(job.run_id, job.job_id), direct=True
-    )
-    assert msg.seq is not None
+async def last_seq(js: JetStreamRequests, job: JobMessage) -> int:
+    msg = await js.last_message(s.EVENTS_STREAM, s.events_subject(job.run_id, job.job_id))
+    assert msg is not None
     return msg.seq

@@ -4,6 +4,7 @@ right: a first delivery reads no history, unless the server lost count of delive
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from itertools import pairwise
@@ -215,3 +216,24 @@ async def test_jobs_fetched_ahead_run_one_at_a_time_per_slot(nats_server: NatsSe
     assert len(spans) == len(jobs)
     assert all(r.verdict is Verdict.ACCEPTED for r in results)
     assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))
+
+
+async def test_a_job_is_logged_once_at_info_when_it_ends(
+    worker: Worker, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line costs the worker about what a store does: one per job, with all it knows."""
+    caplog.set_level(logging.INFO, logger="workers.worker")
+    job = new_job("print('logged')")
+    await enqueue(nats_server, job)
+    await settle(nats_server, job)
+    await asyncio.sleep(0.1)  # the line follows the ack
+    lines = [
+        r
+        for r in caplog.records
+        if r.name == "workers.worker"
+        and r.levelno >= logging.INFO
+        and r.getMessage() != "worker ready"
+    ]
+    assert [(r.getMessage(), r.attempt, r.verdict) for r in lines] == [  # type: ignore[attr-defined]
+        ("job finished", 1, "accepted")
+    ]
