@@ -397,9 +397,9 @@ class Worker:
         try:
             started_at = utc_now()
             events.started()  # stored while the sandbox starts; `finished` waits for it
-            # Not at INFO: a line costs the worker ~50 us of CPU (record, JSON, a write), as
-            # much as a store; `started` on the bus says it, with the worker and attempt.
-            log.debug("job started", extra={"attempt": events.attempt})
+            # ~50 us of CPU (a record, its JSON, a write), as much as a store: worth it, so that
+            # a worker that dies mid-job leaves in its own log the job it was running.
+            log.info("job started", extra={"attempt": events.attempt})
             result = await self._run(job, events, started_at)
             turn.release()
             await events.finished(result)
