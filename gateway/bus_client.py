@@ -23,6 +23,7 @@ from bus import (
     JobMessage,
     JobRecord,
     NatsSettings,
+    Outgoing,
     QueueFullError,
     StreamSettings,
     WorkerHeartbeat,
@@ -31,6 +32,7 @@ from bus import (
     ensure_streams,
     message_context,
     page_of,
+    publish_all,
     publish_model,
 )
 from bus import subjects as s
@@ -70,7 +72,6 @@ class GatewayBus:
         kv: KeyValue,
         registry: WorkerRegistry,
         runs: RunStore,
-        cancels: KeyValue,
         idempotency: IdempotencyKeys,
         max_queued_per_tenant: int,
         feed_linger_s: float = FEED_LINGER_S,
@@ -83,7 +84,6 @@ class GatewayBus:
         self._records = RecentRecords()
         self.registry = registry
         self.runs = runs
-        self._cancels = cancels
         self.idempotency = idempotency
         self.tails = LiveTails()  # the shared live tails of followed jobs and runs
         # New events, for the jobs' live tails; stored ones, read without a consumer.
@@ -115,7 +115,6 @@ class GatewayBus:
         await ensure_streams(js, streams)
         kv = await js.key_value(s.JOBS_BUCKET)
         runs = RunStore(await js.key_value(s.RUNS_BUCKET))
-        cancels = await js.key_value(s.CANCELS_BUCKET)
         idempotency = IdempotencyKeys(await js.key_value(s.IDEMPOTENCY_BUCKET))
         bus = cls(
             nc,
@@ -123,7 +122,6 @@ class GatewayBus:
             kv,
             registry,
             runs,
-            cancels,
             idempotency,
             streams.max_queued_per_tenant,
             feed_linger_s,
@@ -133,15 +131,25 @@ class GatewayBus:
         return bus
 
     async def cancel(self, job_ids: list[str]) -> None:
-        """Record each cancel (for jobs still queued), then tell the workers (running ones)."""
+        """Record every cancel (for jobs still queued), then tell the workers (running ones).
+
+        Every record is stored before any notice goes: a worker that a notice frees pulls the
+        next queued job at once, which may be another of these, and must find its record.
+        """
+        requests = {
+            job_id: CancelRequest(job_id=job_id).model_dump_json().encode() for job_id in job_ids
+        }
+        records = [
+            Outgoing(s.cancel_key_subject(job_id), request, f"cancel-{job_id}")
+            for job_id, request in requests.items()
+        ]
+        await publish_all(self._nc, records)  # in flight together: one round trip, not one each
         try:
-            for job_id in job_ids:
-                request = CancelRequest(job_id=job_id).model_dump_json().encode()
-                await self._cancels.put(job_id, request)
+            for job_id, request in requests.items():
                 await self._nc.publish(s.cancel_subject(job_id), request)
             await self._nc.flush()
         except Exception as exc:
-            raise BusUnavailableError(f"could not record a cancel: {exc!r}") from exc
+            raise BusUnavailableError(f"could not send a cancel: {exc!r}") from exc
 
     async def close(self) -> None:
         await self.feed.close()
