@@ -94,6 +94,8 @@ async def test_a_job_finds_nothing_of_an_earlier_job_in_its_memory(forked: Bwrap
 
 
 async def test_the_init_cannot_be_traced_killed_or_rewritten(forked: BwrapSandbox) -> None:
+    # pid 1 shares the fork server's memory and descriptors (other jobs' sockets and pipes
+    # among them) and sees its root: none of it may be reachable through /proc/1.
     code = (
         "import os, signal\n"
         "for path, mode in (('/proc/1/mem', 'r+b'), ('/proc/1/environ', 'rb')):\n"
@@ -102,11 +104,17 @@ async def test_the_init_cannot_be_traced_killed_or_rewritten(forked: BwrapSandbo
         "        print('ESCAPED', path)\n"
         "    except OSError:\n"
         "        print('BLOCKED', path)\n"
+        "for path in ('/proc/1/fd', '/proc/1/root/usr', '/proc/1/cwd', '/proc/1/map_files'):\n"
+        "    try:\n"
+        "        os.listdir(path)\n"
+        "        print('ESCAPED', path)\n"
+        "    except OSError:\n"
+        "        print('BLOCKED', path)\n"
         "os.kill(1, signal.SIGKILL)\n"  # pid 1 ignores what it does not handle
         "print('init', 'alive' if os.path.exists('/proc/1') else 'gone')\n"
     )
     result = await run(forked, code)
-    assert "ESCAPED" not in result.stdout and result.stdout.count("BLOCKED") == 2, result
+    assert "ESCAPED" not in result.stdout and result.stdout.count("BLOCKED") == 6, result
     assert "init alive" in result.stdout and result.verdict is Verdict.ACCEPTED
 
 
