@@ -64,6 +64,8 @@ def gateway_permissions() -> Permissions:
             f"{_JS}.CONSUMER.INFO.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}",
             f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}",  # one event by its sequence
             f"{_JS}.DIRECT.GET.{s.EVENTS_STREAM}.>",
+            # The leader's read, for what a replica answering a direct get may not have yet.
+            f"{_JS}.STREAM.MSG.GET.{s.EVENTS_STREAM}",
             f"{_JS}.DIRECT.GET.{s.JOBS_BUCKET_STREAM}.>",
             f"{_JS}.DIRECT.GET.{s.RUNS_BUCKET_STREAM}.>",
             # A tenant's runs are listed with an ordered consumer over its run records.

@@ -75,6 +75,7 @@ class GatewayBus:
         idempotency: IdempotencyKeys,
         max_queued_per_tenant: int,
         feed_linger_s: float = FEED_LINGER_S,
+        replicated: bool = False,
     ):
         self._max_queued = max_queued_per_tenant
         self._nc = nc
@@ -88,7 +89,9 @@ class GatewayBus:
         self.tails = LiveTails()  # the shared live tails of followed jobs and runs
         # New events, for the jobs' live tails; stored ones, read without a consumer.
         self.feed = EventFeed(js, nc.new_inbox, feed_linger_s)
-        self.stored = DirectReader(nc, s.EVENTS_STREAM)
+        # With replicas, any of which answers a direct get (a follower behind the leader too),
+        # what a read must not miss is confirmed by the leader (see gateway.stored_events).
+        self.stored = DirectReader(nc, js, s.EVENTS_STREAM, replicated)
         self.recent = RecentSubmissions(self.feed)  # jobs just posted, watched for their streams
 
     @property
@@ -125,6 +128,7 @@ class GatewayBus:
             idempotency,
             streams.max_queued_per_tenant,
             feed_linger_s,
+            replicated=streams.replicas > 1,  # ensure_streams made the streams so
         )
         await bus.stored.start()
         await nc.subscribe(s.WORKERS_ALL, cb=bus._on_heartbeat)

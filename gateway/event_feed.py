@@ -11,7 +11,8 @@ a while (`event_feed_linger_s`), so a gateway that nobody watches jobs through r
 Positions are stream sequences, and the feed hands out messages in stream order: a watcher
 made when the feed had handed out everything up to position `boundary_seq` gets every later
 message of its subject, and what came before is stored (the feed only sees what the stream
-stored), so a direct get up to `boundary_seq` fills in the rest with no gap and no repeat.
+stored), so a direct get up to `boundary_seq` fills in the rest with no gap and no repeat
+(in a replicated stream, a read the leader confirms: `gateway.stored_events`).
 """
 
 from __future__ import annotations

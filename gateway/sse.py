@@ -8,7 +8,8 @@ stopped, even across gateway restarts. All the clients of a job share one live t
 No stream makes a JetStream consumer: a tail takes its job's new events from the gateway's
 event feed (`gateway.event_feed`, one consumer for every job), and what was stored before
 the feed's position, or before a ring's start, comes from direct gets
-(`gateway.stored_events`).
+(`gateway.stored_events`), which in a replicated stream the leader confirms: the replica that
+answers may not have applied what the feed has already handed out.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def _watched(bus: GatewayBus, watch: Watch) -> Source[JobEntry]:
 
 
 def _replay(bus: GatewayBus, subject: str) -> Source[JobEntry]:
-    """The job's entries from a position on, up to what is stored (for a replay)."""
+    """The job's entries from a position on, up to what is stored (for a replay): up to what
+    the stream's leader has, in a replicated stream, so up to the tail's start at least."""
 
     @asynccontextmanager
     async def entries(start_seq: int) -> AsyncIterator[AsyncIterator[JobEntry]]:

@@ -6,6 +6,16 @@ a subscription, per stream opened. A direct get asks for up to `BATCH_MESSAGES` 
 one subject from a position on, in one request; the server answers each from its subject
 index, then with an end-of-batch status that says how many are left. Replies come to one
 subscription of the gateway's (under its own inbox prefix), told apart by a token.
+
+In a replicated stream, any replica answers a direct get, a follower that has not applied the
+newest messages yet too (and nothing in its answer says how far it had got): a read that ends
+short of where it was asked to end could have missed messages that its reader was promised.
+There, once the direct gets have nothing more, the stream's leader (`STREAM.MSG.GET`, the read
+NATS keeps coherent with writes) is asked for the subject's next message after the last one
+read: none (or one past the end) confirms the read, one before the end was missed, and the
+read goes on from it. A read that a replica answered with a message past its end needs no
+confirmation (a replica applies messages in order); nor does any read of a single-replica
+stream, whose only server is its leader.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from bus import BusUnavailableError
@@ -34,6 +46,13 @@ _NEXT_MESSAGE_TIMEOUT_S = 10.0
 STORED_READS = Counter(
     "crucible_sse_stored_reads",
     "Direct gets of stored events (a replay, or a job's live tail catching up to the feed).",
+)
+LEADER_READS = Counter(
+    "crucible_sse_leader_reads",
+    "Reads of a stored event from a replicated stream's leader after direct gets had nothing "
+    "more: 'confirmed' (nothing was missed), 'behind' (the replica that answered had not "
+    "applied it yet: the leader's message was read on).",
+    ["outcome"],
 )
 
 # The headers a direct get answer carries (nats-server's names).
@@ -54,12 +73,15 @@ class StoredMessage:
 
 
 class DirectReader:
-    """Batched direct gets from one stream, all answered on one subscription."""
+    """Batched direct gets from one stream, all answered on one subscription; in a replicated
+    stream, confirmed by its leader."""
 
-    def __init__(self, nc: NATS, stream: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, stream: str, replicated: bool) -> None:
         self._nc = nc
+        self._js = js
         self._api = s.direct_get_subject(stream)
         self._stream = stream
+        self.replicated = replicated
         self._prefix = nc.new_inbox()  # under the gateway's own inbox prefix
         self._tokens = itertools.count()
         self._answers: dict[str, asyncio.Queue[Msg]] = {}
@@ -78,34 +100,36 @@ class DirectReader:
         self, subject: str, start_seq: int, end_seq: int | None = None
     ) -> AsyncGenerator[StoredMessage]:
         """The messages stored on `subject` from position `start_seq` on (up to `end_seq`
-        when given, else up to the newest), in order."""
+        when given, else up to the newest), in order, none missed: `end_seq` must be a
+        position the stream has stored (so the leader has it)."""
         next_seq = max(start_seq, 1)
         while end_seq is None or next_seq <= end_seq:
             STORED_READS.inc()
             token = str(next(self._tokens))
             answers: asyncio.Queue[Msg] = asyncio.Queue()
             self._answers[token] = answers
+            ended = False  # this replica has nothing more on the subject
             try:
                 request = {"seq": next_seq, "next_by_subj": subject, "batch": BATCH_MESSAGES}
                 await self._nc.publish(
                     self._api, json.dumps(request).encode(), reply=f"{self._prefix}.{token}"
                 )
-                while True:
+                while not ended:
                     msg = await self._next(answers, subject)
                     headers = msg.headers or {}
                     status = headers.get(_STATUS)
                     if status is None:
                         seq = int(headers[_SEQUENCE])
                         if end_seq is not None and seq > end_seq:
-                            return
+                            return  # the replica holds every message up to `end_seq`
                         yield StoredMessage(seq, msg.data, msg.headers)
                         next_seq = seq + 1
                     elif status == _END_OF_BATCH:
-                        if int(headers.get(_NUM_PENDING, "0")) == 0:
-                            return
-                        break  # the server's byte limit cut the batch: ask for the rest
+                        if int(headers.get(_NUM_PENDING, "0")) > 0:
+                            break  # the server's byte limit cut the batch: ask for the rest
+                        ended = True
                     elif status == _NOT_FOUND:
-                        return  # nothing (more) on the subject
+                        ended = True
                     else:
                         raise BusUnavailableError(
                             f"reading {subject} from {self._stream} failed: {status} "
@@ -113,6 +137,29 @@ class DirectReader:
                         )
             finally:
                 del self._answers[token]
+            if ended:
+                if not self.replicated:
+                    return
+                missed = await self._leader_next(subject, next_seq)
+                if missed is None or (end_seq is not None and missed.seq > end_seq):
+                    LEADER_READS.labels("confirmed").inc()
+                    return
+                LEADER_READS.labels("behind").inc()  # the replica had not applied it yet
+                yield missed
+                next_seq = missed.seq + 1
+
+    async def _leader_next(self, subject: str, start_seq: int) -> StoredMessage | None:
+        """The first message on `subject` from `start_seq` on, as the stream's leader has it."""
+        try:
+            raw = await self._js.get_msg(self._stream, seq=start_seq, subject=subject, next=True)
+        except NotFoundError:
+            return None
+        except Exception as exc:  # nats-py raises several unrelated types
+            raise BusUnavailableError(
+                f"reading {subject} from the leader of {self._stream} failed: {exc!r}"
+            ) from exc
+        assert raw.seq is not None
+        return StoredMessage(raw.seq, raw.data or b"", raw.headers)
 
     async def _next(self, answers: asyncio.Queue[Msg], subject: str) -> Msg:
         try:

@@ -58,6 +58,9 @@ async def test_worker_cannot_enqueue_a_job(nats_server: NatsServer, connect_as: 
         ("gateway", "publish", s.events_subject("r-1", "j-1")),
         ("gateway", "subscribe", s.inbox_prefix("worker") + ".>"),
         ("gateway", "publish", "$JS.API.STREAM.DELETE.EVENTS"),
+        # It reads events from the stream's leader too, but no other stream's messages that way.
+        ("gateway", "publish", f"$JS.API.STREAM.MSG.GET.{s.JOBS_STREAM}"),
+        ("gateway", "publish", f"$JS.API.STREAM.MSG.GET.{s.AUDIT_STREAM}"),
         ("gateway", "publish", f"$JS.ACK.{s.JOBS_STREAM}.{s.WORKERS_CONSUMER}.1.1.1.1.1.0"),
         ("gateway", "subscribe", s.AUDIT_ALL),
         # The audit log is for operators: no worker reads it, live or stored.
