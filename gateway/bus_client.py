@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -275,11 +275,23 @@ class GatewayBus:
         return self._nc.new_inbox()
 
     async def event_at(self, seq: int) -> StoredEvent | None:
-        """The event stored at stream position `seq`, or None when it has aged out."""
+        """The event stored at stream position `seq` (one that the stream has stored), or
+        None when it has aged out.
+
+        In a replicated stream, a replica that has not applied it yet answers that there is
+        none: the leader is asked before it counts as gone.
+        """
         try:
             raw = await self._js.get_msg(s.EVENTS_STREAM, seq=seq, direct=True)
         except NotFoundError:
-            return None
+            if not self.stored.replicated:
+                return None
+            try:
+                raw = await self._js.get_msg(s.EVENTS_STREAM, seq=seq)
+            except NotFoundError:
+                return None
+            except APIError as exc:
+                raise BusUnavailableError(f"cannot read event {seq}: {exc}") from exc
         assert raw.data is not None
         return StoredEvent(seq, decode_event(raw.data), message_context(raw.headers))
 

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from bus import StreamSettings, connect, ensure_streams
+from bus import FinishedEvent, StreamSettings, connect, ensure_streams
 from bus import subjects as s
 from gateway.bus_client import GatewayBus
 from gateway.stored_events import LEADER_READS
@@ -232,3 +232,17 @@ async def test_a_replay_from_a_replica_that_is_behind_misses_nothing(
     async with asyncio.timeout(SETTLE_S):
         assert await first == job.seen
         assert await second == job.after(resume_after)
+
+
+async def test_a_result_that_a_replica_lacks_is_not_taken_for_gone(replicas: Replicas) -> None:
+    job = Job(replicas.worker, new_record())
+    await job.start()
+    await replicas.caught_up(job.seen[-1][0])
+    replicas.hold_back()
+    finished_seq = await job.finish()
+    assert not await replicas.applied(finished_seq)
+    # A run stream fetches each finished job's result by its position (which a consumer on
+    # another node gave it): "aged out" would drop the job's `finished` from the stream.
+    stored = await replicas.bus.event_at(finished_seq)
+    assert stored is not None and isinstance(stored.event, FinishedEvent)
+    assert stored.seq == finished_seq
