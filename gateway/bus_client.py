@@ -260,13 +260,20 @@ class GatewayBus:
         return record
 
     async def last_event(self, record: JobRecord) -> StoredEvent | None:
-        """The newest event of the job, which tells its status; None while queued."""
+        """The newest event of the job, which tells its status; None while queued.
+
+        In a replicated stream, from its leader: a direct get may be answered by a replica
+        that has not applied the newest events yet, and then a job that a client saw finish
+        (on this gateway's stream of it) would read as still running.
+        """
+        subject = s.events_subject(record.run_id, record.job_id)
+        direct = not self.stored.replicated
         try:
-            raw = await self._js.get_last_msg(
-                s.EVENTS_STREAM, s.events_subject(record.run_id, record.job_id), direct=True
-            )
+            raw = await self._js.get_last_msg(s.EVENTS_STREAM, subject, direct=direct)
         except NotFoundError:
             return None
+        except APIError as exc:  # the leader's API answers errors (a 503 while it is elected)
+            raise BusUnavailableError(f"cannot read the events of {record.job_id}: {exc}") from exc
         assert raw.data is not None and raw.seq is not None
         return StoredEvent(raw.seq, decode_event(raw.data), message_context(raw.headers))
 

@@ -246,3 +246,18 @@ async def test_a_result_that_a_replica_lacks_is_not_taken_for_gone(replicas: Rep
     stored = await replicas.bus.event_at(finished_seq)
     assert stored is not None and isinstance(stored.event, FinishedEvent)
     assert stored.seq == finished_seq
+
+
+async def test_a_jobs_status_is_its_newest_event_while_a_replica_is_behind(
+    replicas: Replicas,
+) -> None:
+    job = Job(replicas.worker, new_record())
+    await job.start()
+    await replicas.caught_up(job.seen[-1][0])
+    replicas.hold_back()
+    finished_seq = await job.finish()
+    assert not await replicas.applied(finished_seq)
+    # GET /v1/jobs/{id} tells the job's status by its newest event: finished, as the client
+    # that watched it finish was told, not running.
+    last = await replicas.bus.last_event(job.record)
+    assert last is not None and last.seq == finished_seq
