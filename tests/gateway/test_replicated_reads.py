@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -261,3 +262,29 @@ async def test_a_jobs_status_is_its_newest_event_while_a_replica_is_behind(
     # that watched it finish was told, not running.
     last = await replicas.bus.last_event(job.record)
     assert last is not None and last.seq == finished_seq
+
+
+async def test_a_single_replica_stream_is_read_with_direct_gets_alone(
+    bus: GatewayBus, worker: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One nats-server: it is the stream's leader, and its direct gets are the whole read.
+    job = Job(worker, new_record())
+    await job.start()
+    await job.print("1\n")
+    finished_seq = await job.finish()
+    async with bus.feed.watch(_KEEPER):  # the feed is up: the stream reads nothing for it
+        requests: list[str] = []
+        publish = bus.nc.publish
+
+        async def recorded(subject: str, *args: Any, **kwargs: Any) -> None:
+            requests.append(subject)
+            await publish(subject, *args, **kwargs)
+
+        monkeypatch.setattr(bus.nc, "publish", recorded)
+        assert await follow(bus, job.record) == job.seen
+        last = await bus.last_event(job.record)
+        stored = await bus.event_at(finished_seq)
+    assert last is not None and stored is not None and last.seq == stored.seq == finished_seq
+    # Three reads, three direct gets, nothing asked of the leader's API.
+    assert len(requests) == 3
+    assert all(r.startswith(s.direct_get_subject(s.EVENTS_STREAM)) for r in requests)
