@@ -8,7 +8,6 @@ not from the gateway under test, and are printed so that a CI log shows them.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from contextlib import suppress
@@ -19,7 +18,6 @@ import httpx
 from bus import connect
 from bus import subjects as s
 from bus.models import JOB_EVENT
-from crucible.client import Client, Event
 from tests.stack import Stack
 
 # About a second of work printing a line every 0.2 s: long enough to be caught running.
@@ -139,55 +137,3 @@ def settle_and_count(stack: Stack, fault: str, run_id: str, job_ids: list[str]) 
         counts.verdicts[results[-1][1]] += 1
     print(counts.report(), flush=True)
     return counts
-
-
-class Watcher(threading.Thread):
-    """Follows one event stream with the client, which resumes after a dropped connection."""
-
-    def __init__(self, stack: Stack, path: str) -> None:
-        super().__init__(daemon=True)
-        self.stack, self.path = stack, path
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with Client(self.stack.url, self.stack.api_key) as client:
-                kind, _, ident = self.path.partition(":")
-                stream = client.events(ident) if kind == "job" else client.run_events(ident)
-                self.events.extend(stream)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-
-def start_watchers(stack: Stack, run_id: str, job_ids: list[str]) -> list[Watcher]:
-    """The run's stream, and the streams of six of its jobs, followed from the start."""
-    watchers = [Watcher(stack, f"run:{run_id}")] + [
-        Watcher(stack, f"job:{job_id}") for job_id in job_ids[:: max(1, len(job_ids) // 6)]
-    ]
-    for watcher in watchers:
-        watcher.start()
-    return watchers
-
-
-def check_watchers(watchers: list[Watcher], job_ids: list[str]) -> None:
-    """Each job stream got every event once, in order, and the run's stream every job's
-    `finished` once (the watchers resumed by themselves after dropped connections)."""
-    for watcher in watchers:
-        watcher.join(120)
-        assert watcher.error is None, watcher.error
-    # Each job stream: every event once, in order, and the whole output.
-    for watcher in watchers[1:]:
-        data = [e.json_data() for e in watcher.events if e.event in ("started", "stdout")]
-        keys = [(d["attempt"], d["seq"]) for d in data]  # type: ignore[index, call-overload]
-        assert keys == sorted(set(keys)), f"{watcher.path}: repeated or out of order"
-        stdout = "".join(
-            str(e.json_data()["data"])  # type: ignore[index]
-            for e in watcher.events
-            if e.event == "stdout"
-        )
-        assert stdout.endswith(TICKER["expected_stdout"]), stdout
-        assert watcher.events[-1].event == "finished"
-    finished = [e for e in watchers[0].events if e.event == "finished"]
-    print(f"[chaos] run stream across the restart: {len(finished)} finished events", flush=True)
-    assert sorted(e.json_data()["id"] for e in finished) == sorted(job_ids)  # type: ignore[index]

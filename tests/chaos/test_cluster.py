@@ -1,8 +1,5 @@
 """A three-node NATS cluster on loopback (`crucible up --cluster 3`): losing a node under load
-loses nothing, because every stream and bucket keeps three copies, and clients following the
-jobs' and the run's streams across it get every event once (the gateway's stored reads, which
-any replica may answer, are confirmed by the stream's leader: while one is being elected they
-fail, and the clients resume)."""
+loses nothing, because every stream and bucket keeps three copies."""
 
 from __future__ import annotations
 
@@ -15,14 +12,7 @@ import pytest
 
 from bus import connect
 from bus import subjects as s
-from tests.chaos.harness import (
-    check_watchers,
-    running_jobs,
-    settle_and_count,
-    start_watchers,
-    submit_run,
-    wait_until,
-)
+from tests.chaos.harness import running_jobs, settle_and_count, submit_run, wait_until
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -53,12 +43,10 @@ def test_every_stream_has_three_copies(cluster: Stack) -> None:
 
 def test_losing_a_nats_node_under_load_loses_nothing(cluster: Stack) -> None:
     run_id, job_ids = submit_run(cluster, _JOBS)
-    watchers = start_watchers(cluster, run_id, job_ids)
     wait_until(lambda: running_jobs(cluster, run_id) > 0, what="a job running")
     nodes = cluster.processes("nats-server")
     assert len(nodes) == 3
     os.kill(nodes[0], signal.SIGKILL)  # `crucible up` restarts it; it catches up from the others
     counts = settle_and_count(cluster, "one of three NATS nodes SIGKILLed", run_id, job_ids)
-    check_watchers(watchers, job_ids)
     assert (counts.lost, counts.duplicated) == (0, 0)
     assert counts.verdicts == {"accepted": _JOBS}
