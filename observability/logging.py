@@ -12,6 +12,8 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.trace import format_span_id, format_trace_id
 
+from observability.redact import RedactUrls
+
 # Set once per job by the worker; every log line inside the job then carries it.
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 
@@ -106,5 +108,8 @@ def setup_logging(service: str, fmt: Literal["json", "text"] = "json", level: st
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactUrls) for f in access.filters):
+        access.addFilter(RedactUrls())  # its lines carry each request's query string
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -80,3 +80,35 @@ def test_a_runs_jobs_each_have_a_trace_linked_to_the_runs_publish(
         # No orphans: every span's parent is in the job's trace.
         ids = {s.span_id for s in in_trace}
         assert all(s.parent_span_id in ids for s in in_trace if s.parent_span_id)
+
+
+def test_a_stream_tokens_secret_reaches_no_span(stack: Stack, otlp: OtlpReceiver) -> None:
+    """Whoever reads the traces (Jaeger) or the logs must not be able to open the stream."""
+    posted = httpx.post(
+        f"{stack.url}/v1/jobs",
+        json={"language": "python", "code": "print(1)"},
+        headers=stack.headers(),
+    )
+    assert posted.status_code == 202
+    events_url = posted.json()["events_url"]
+    token = events_url.partition("?token=")[2]
+    signature = token.rpartition(".")[2]
+    with httpx.stream("GET", events_url, timeout=30) as opened:  # the browser's way in
+        assert opened.status_code == 200
+        for line in opened.iter_lines():
+            if line == "event: finished":
+                break
+
+    path = httpx.URL(events_url).path
+
+    def ours(span: ReceivedSpan) -> bool:
+        return span.kind == "SPAN_KIND_SERVER" and path in str(span.attributes)
+
+    # Still traced (its URL without the token's value): wait for that span to be exported.
+    spans = otlp.wait_for(lambda spans: any(ours(s) for s in spans))
+    leaked = [s for s in spans if signature in str(s.attributes)]
+    assert not leaked, leaked
+    # Nor in the logs: uvicorn's access line for the request shows REDACTED in its place.
+    log = stack.log()
+    assert signature not in log
+    assert f"{path}?token=REDACTED" in log
