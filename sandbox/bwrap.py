@@ -23,6 +23,7 @@ import asyncio
 import math
 import os
 import shutil
+import subprocess
 from contextlib import suppress
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -67,6 +68,10 @@ _ENTER = (
     'exec "$@"'
 )
 _PACKAGES = {"bwrap": "bubblewrap", "setpriv": "util-linux"}
+# Every signal at its default before anything of the job's: exec keeps an ignored signal
+# ignored, and a worker started in the background by a script ignores SIGINT and SIGQUIT (a
+# job's KeyboardInterrupt would never come), one under nohup SIGHUP.
+_DEFAULT_SIGNALS = ["/usr/bin/env", "--default-signal"]
 # The fork server builds each job's namespaces and mounts; every job's init drops all three.
 _ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
 _ZYGOTE_LIMITS = ExecLimits(disk_mb=1)  # its own dirs stay empty: each job mounts fresh ones
@@ -170,6 +175,7 @@ def _argv(
     )
     setpriv = [_tool("setpriv"), *_SETPRIV_FLAGS]
     return [
+        *_DEFAULT_SIGNALS,
         "/bin/sh",
         "-c",
         enter,
@@ -204,6 +210,7 @@ def _zygote_argv(
     fds = (control_fd, job_filter_fd, python_main_fd)
     command = [python.interpreter, *python.flags, "-", *map(str, fds)]
     return [
+        *_DEFAULT_SIGNALS,
         _tool("setpriv"),
         *_SETPRIV_FLAGS,
         *_bwrap_argv(_ZYGOTE_LIMITS, [], seccomp_fd, command, caps=_ZYGOTE_CAPS),
@@ -242,6 +249,11 @@ def _check_host() -> None:
     for tool in _PACKAGES:
         _tool(tool)
     check_cgroups()
+    # coreutils 8.31 (2019) and newer; Ubuntu 20.04's 8.30 has no --default-signal.
+    if subprocess.run([*_DEFAULT_SIGNALS, "true"], capture_output=True, check=False).returncode:
+        raise SandboxUnavailableError(
+            f"{' '.join(_DEFAULT_SIGNALS)} is not supported: coreutils 8.31 or newer needed"
+        )
     if "python" not in available_runtimes():
         raise SandboxUnavailableError(
             f"{RUNTIMES['python'].interpreter} missing: apt-get install python3"

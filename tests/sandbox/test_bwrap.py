@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from contextlib import suppress
 from pathlib import Path
@@ -350,3 +351,35 @@ async def test_a_job_cancelled_as_it_starts_is_killed(fork_server: bool) -> None
             assert _named(_RUNS_ON) == []
     finally:
         await sandbox.close()
+
+
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "classic"])
+async def test_a_job_gets_default_signals_from_a_worker_that_ignores_them(
+    fork_server: bool,
+) -> None:
+    """A worker started in the background by a script ignores SIGINT and SIGQUIT, one under
+    nohup SIGHUP: its jobs must not inherit that (exec keeps a signal ignored)."""
+    ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in ignored}
+    sandbox = BwrapSandbox(fork_server=fork_server)  # its fork server starts ignoring them too
+    try:
+        spec = ExecSpec(
+            job_id="j-signals",
+            language="python",
+            code="import signal\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+            "      signal.getsignal(signal.SIGQUIT) == signal.getsignal(signal.SIGHUP) == 0)\n"
+            "import os\n"
+            "os.kill(os.getpid(), signal.SIGINT)",
+        )
+
+        async def ignore(chunk: OutputChunk) -> None:
+            pass
+
+        result = await sandbox.run(spec, ignore)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        await sandbox.close()
+    assert result.stdout == "True True\n", result
+    assert (result.exit_code, result.signal) == (None, "SIGINT"), result
