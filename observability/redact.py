@@ -13,7 +13,8 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-_SECRET_PARAM = re.compile(r"([?&]token=)[^&#\s\"]*")
+# At a query's start too: url.query holds the query alone, without its `?`.
+_SECRET_PARAM = re.compile(r"((?:^|[?&])token=)[^&#\s\"]*")
 _REDACTED = r"\1REDACTED"
 # The attributes that hold a request's query string, in the old and the stable conventions.
 _URL_ATTRIBUTES = ("http.url", "url.full", "url.query", "http.target")
@@ -41,7 +42,4 @@ def redact_span_urls(span: Span, scope: dict[str, Any]) -> None:
     for key in _URL_ATTRIBUTES:
         value = attributes.get(key)
         if isinstance(value, str):
-            # url.query has no leading `?`: give it one to match, then take it off again.
-            span.set_attribute(
-                key, redact_url(f"?{value}")[1:] if key == "url.query" else redact_url(value)
-            )
+            span.set_attribute(key, redact_url(value))
