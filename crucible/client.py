@@ -64,7 +64,10 @@ class Client:
     ) -> None:
         self.config = ClientConfig.create(url, api_key, timeout_s)
         self._http = httpx.Client(
-            base_url=self.config.url, headers=self.config.headers, timeout=self.config.timeout
+            base_url=self.config.url,
+            headers=self.config.headers,
+            timeout=self.config.timeout,
+            verify=self.config.verify,
         )
 
     def __enter__(self) -> Client:
@@ -205,7 +208,10 @@ class AsyncClient:
     ) -> None:
         self.config = ClientConfig.create(url, api_key, timeout_s)
         self._http = httpx.AsyncClient(
-            base_url=self.config.url, headers=self.config.headers, timeout=self.config.timeout
+            base_url=self.config.url,
+            headers=self.config.headers,
+            timeout=self.config.timeout,
+            verify=self.config.verify,
         )
 
     async def __aenter__(self) -> AsyncClient:

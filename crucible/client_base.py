@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import httpx
 from httpx_sse import ServerSentEvent
@@ -70,6 +72,17 @@ class ClientConfig(BaseModel):
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """TLS verification as httpx takes it: the default (its CA bundle) for an https
+        gateway. A plain-http one gets a context that trusts no certificate instead: loading
+        the bundle costs 30-80 ms per client, every CLI command's start, for connections that
+        never use TLS (requests go to paths under the URL and redirects are not followed),
+        and should one ever use it, it fails verification rather than goes unchecked."""
+        if urlsplit(self.url).scheme.lower() == "https":
+            return True
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
     @property
     def timeout(self) -> httpx.Timeout:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from bus import JobSpec, Limits, Verdict
 from crucible import humaneval_runner
 from crucible.client import Client
+from gateway.passk import pass_at_k
 from gateway.run_schemas import RunProgress
 from gateway.schemas import JobView
 
@@ -164,18 +165,24 @@ def evaluate(
         jobs, metadata={"kind": "human-eval", "samples_file": samples_file.name}
     )
     by_id = _follow(client, accepted.id, on_progress)
-    view = client.run(accepted.id, ks)
     if len(by_id) < len(accepted.job_ids):  # the stream gave up early: read what it missed
         by_id = {job.id: job for job in client.results(accepted.id)}
     results_file = Path(f"{samples_file}_results.jsonl")
+    # As human-eval derives pass@k: from the results file's rows, every sample counted.
+    tallies: dict[str, tuple[int, int]] = {}
     with results_file.open("w") as out:
         for sample, job_id in zip(samples, accepted.job_ids, strict=True):
             job = by_id.get(job_id)
             result = result_text(job, nonce) if job is not None else "failed: no result"
             row = {**sample.row, "result": result, "passed": result == "passed"}
             out.write(json.dumps(row) + "\n")
+            n, c = tallies.get(sample.task_id, (0, 0))
+            tallies[sample.task_id] = (n + 1, c + row["passed"])
     return EvalResult(
-        pass_at_k=view.pass_at_k, results_file=results_file, run_id=accepted.id, samples=len(jobs)
+        pass_at_k=pass_at_k(tallies, ks),
+        results_file=results_file,
+        run_id=accepted.id,
+        samples=len(jobs),
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 
 import pytest
 
 from bus import Case, JobSpec, Limits, Verdict
 from crucible.client import ApiError, AsyncClient, Client, CrucibleError, Event
-from crucible.client_base import batch_bodies
+from crucible.client_base import ClientConfig, batch_bodies
 from gateway.run_schemas import RunProgress
 from tests.proxy import CuttingProxy
 from tests.stack import Stack
@@ -121,3 +122,11 @@ def test_batches_respect_count_and_size() -> None:
     assert b'"limits"' not in bodies[0]  # unset limits stay unset: the gateway's defaults
     with pytest.raises(ValueError):
         batch_bodies([], {}, 1000)
+
+
+def test_a_plain_http_client_loads_no_ca_bundle_and_trusts_no_certificate() -> None:
+    plain = ClientConfig.create("http://127.0.0.1:8080", "k", 5.0).verify
+    assert isinstance(plain, ssl.SSLContext)
+    assert plain.verify_mode is ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert ClientConfig.create("HTTPS://crucible.example", "k", 5.0).verify is True

