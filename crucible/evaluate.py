@@ -174,10 +174,11 @@ def evaluate(
         for sample, job_id in zip(samples, accepted.job_ids, strict=True):
             job = by_id.get(job_id)
             result = result_text(job, nonce) if job is not None else "failed: no result"
-            row = {**sample.row, "result": result, "passed": result == "passed"}
+            passed = result == "passed"
+            row = {**sample.row, "result": result, "passed": passed}
             out.write(json.dumps(row) + "\n")
             n, c = tallies.get(sample.task_id, (0, 0))
-            tallies[sample.task_id] = (n + 1, c + row["passed"])
+            tallies[sample.task_id] = (n + 1, c + passed)
     return EvalResult(
         pass_at_k=pass_at_k(tallies, ks),
         results_file=results_file,
