@@ -49,7 +49,7 @@ class ForkServer:
         self._lock = asyncio.Lock()
         self._ready: list[Ready] = []  # sandboxes waiting for their job
         self._refill: asyncio.Task[None] | None = None
-        self._emptied = asyncio.Event()  # the last sandbox built ahead was taken: build now
+        self._emptied = asyncio.Event()  # a job found no sandbox built ahead left: build now
         self._usable = True  # False once it could not start here, or after close()
         self._remover = Remover()  # cgroups no longer needed, going
         self._cgroups = CgroupPool(self._remover)  # cgroups of ended jobs, for the next ones
@@ -169,13 +169,12 @@ class ForkServer:
         self._ready[:] = [entry for entry in self._ready if entry not in gone]
         for cgroup, sandbox in gone:
             await self._discard(cgroup, sandbox)
-        for entry in self._ready:
-            if entry[1].sizes == sizes:
-                self._ready.remove(entry)
-                if not self._ready:
-                    self._emptied.set()
-                return entry
-        return await self._prepare(zygote, sizes)
+        taken = next((entry for entry in self._ready if entry[1].sizes == sizes), None)
+        if taken is not None:
+            self._ready.remove(taken)
+        if not self._ready:
+            self._emptied.set()  # jobs come faster than sandboxes are built: build now
+        return taken or await self._prepare(zygote, sizes)
 
     async def _fill(self, zygote: Zygote, after_s: float) -> None:
         # Built between jobs, so that the next job finds its namespaces, /proc, cgroup and

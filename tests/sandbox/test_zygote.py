@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict
+from sandbox import ExecLimits, ExecResult, ExecSpec, OutputChunk, Verdict, fork_server
 from sandbox.bwrap import BwrapSandbox
 from sandbox.cgroups import CGROUP_ROOT, PARENT
 from sandbox.fork_server import cgroup_prefix
@@ -320,6 +320,28 @@ async def test_each_job_gets_dirs_of_its_own_limits_size(forked: BwrapSandbox) -
     assert sizes[default_mb] == {"/work": default, "/tmp": default, "/dev/shm": "16"}
     assert sizes[8] == {"/work": "8", "/tmp": "8", "/dev/shm": "8"}
     assert sizes[200] == {"/work": "200", "/tmp": "200", "/dev/shm": "16"}
+
+
+async def _built_ahead(sandbox: BwrapSandbox, count: int) -> None:
+    server = sandbox._fork_server
+    assert server is not None
+    while len(server._ready) < count:
+        await asyncio.sleep(0.01)
+
+
+async def test_sandboxes_are_built_again_after_a_job_or_at_once_when_jobs_take_them_all(
+    forked: BwrapSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Built a moment after a job ends (not while its result is on its way): they come back.
+    await asyncio.wait_for(_built_ahead(forked, 2), 10)
+    assert (await run(forked, "print(1)")).verdict is Verdict.ACCEPTED
+    await asyncio.wait_for(_built_ahead(forked, 2), 10)
+    # Jobs that take every sandbox built ahead do not wait for that moment: were it an hour,
+    # the sandboxes would still be built again as soon as the last one is taken.
+    monkeypatch.setattr(fork_server, "_BUILD_AFTER_S", 3600.0)
+    for _ in range(3):
+        assert (await run(forked, "print(1)")).verdict is Verdict.ACCEPTED
+    await asyncio.wait_for(_built_ahead(forked, 2), 10)
 
 
 def _cgroups() -> set[str]:
