@@ -98,6 +98,10 @@ class ForkServer:
                 return self._zygote
             if not self._usable:
                 return None
+            # What a fork server found dead had built ahead went with it, whether or not its
+            # sockets have closed yet: a job sent there would wait out its time limit.
+            while self._ready:
+                await self._discard(*self._ready.pop())
             zygote = Zygote(self._argv, job_program(), zygote_program())
             try:
                 await asyncio.to_thread(zygote.start)
