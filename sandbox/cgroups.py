@@ -219,7 +219,13 @@ class JobCgroup:
     def _tasks(self) -> set[int]:
         # Every controller's: a process still joining them one by one (a job cancelled as
         # it starts) may be in some and not yet in others, and must not be missed.
-        return {int(pid) for path in self.procs_files for pid in _read(path).split()}
+        tasks: set[int] = set()
+        for path in self.procs_files:
+            # Removed already (the kernel refuses to remove a cgroup with a process in it):
+            # nothing is left in it to kill or wait for.
+            with suppress(FileNotFoundError):
+                tasks.update(int(pid) for pid in _read(path).split())
+        return tasks
 
     async def kill(self, wait: bool = True) -> None:
         """Kill every process of the job; freeze first so that nothing can fork meanwhile.

@@ -10,7 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from sandbox.cgroups import CGROUP_ROOT, CONTROLLERS, PARENT, STALE_AFTER_S, sweep_stale
+from sandbox import ExecLimits
+from sandbox.cgroups import (
+    CGROUP_ROOT,
+    CONTROLLERS,
+    PARENT,
+    STALE_AFTER_S,
+    JobCgroup,
+    sweep_stale,
+)
 
 
 def _make(name: str, age_s: float) -> list[str]:
@@ -55,3 +63,12 @@ def test_only_old_empty_cgroups_are_swept(made: list[str]) -> None:
         sweep_stale()
         time.sleep(0.05)
     assert not any(os.path.exists(path) for path in busy)
+
+
+async def test_a_cgroup_removed_already_holds_nothing_to_kill() -> None:
+    # A sandbox built ahead whose cgroup was swept while its fork server was replaced: its
+    # discarding found the directories gone and failed the job that came (internal_error).
+    cgroup = JobCgroup.create(f"gone-test-{uuid.uuid4().hex[:8]}", ExecLimits())
+    cgroup.remove()
+    assert cgroup.empty
+    await cgroup.kill()  # returns: nothing is in it
