@@ -251,8 +251,13 @@ async def test_exits_and_tracebacks_read_as_python3s(forked: BwrapSandbox) -> No
     assert (killed.verdict, killed.signal) == (Verdict.RUNTIME_ERROR, "SIGKILL")
 
 
-def _fork_servers() -> list[int]:
-    """Our own fork servers' processes: the zygote's python3, below this test process."""
+def _fork_servers(sandbox: BwrapSandbox) -> list[int]:
+    """The processes of `sandbox`'s fork server: the zygote's python3s, below its bubblewrap
+    (not every one below this test process: a stack that other tests share has its own)."""
+    server = sandbox._fork_server
+    assert server is not None and server._zygote is not None
+    process = server._zygote._process
+    assert process is not None
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -263,7 +268,7 @@ def _fork_servers() -> list[int]:
         except OSError:
             continue
         if cmdline[:5] == [b"/usr/bin/python3", b"-E", b"-s", b"-u", b"-"] and (
-            os.getpid() in ancestors
+            process.pid in ancestors
         ):
             found.append(int(entry.name))
     return found
@@ -289,7 +294,7 @@ async def test_a_dead_fork_server_is_an_internal_error_then_replaced(forked: Bwr
     running = asyncio.create_task(forked.run(spec, collect))
     while not chunks:
         await asyncio.sleep(0.02)
-    servers = _fork_servers()
+    servers = _fork_servers(forked)
     assert servers
     for pid in servers:
         with suppress(ProcessLookupError):  # gone with the zygote killed before it
