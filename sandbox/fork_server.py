@@ -80,8 +80,7 @@ class ForkServer:
             self._refill.cancel()
             with suppress(asyncio.CancelledError):
                 await self._refill
-        while self._ready:
-            await self._discard(*self._ready.pop())
+        await self._discard_ready()
         if self._zygote is not None:
             await asyncio.to_thread(self._zygote.stop)
             self._zygote = None
@@ -100,8 +99,7 @@ class ForkServer:
                 return None
             # What a fork server found dead had built ahead went with it, whether or not its
             # sockets have closed yet: a job sent there would wait out its time limit.
-            while self._ready:
-                await self._discard(*self._ready.pop())
+            await self._discard_ready()
             zygote = Zygote(self._argv, job_program(), zygote_program())
             try:
                 await asyncio.to_thread(zygote.start)
@@ -152,7 +150,7 @@ class ForkServer:
             # to the client. Another still waits for the next job.
             if self._usable and (self._refill is None or self._refill.done()):
                 self._emptied.clear()
-                self._refill = asyncio.create_task(self._fill(zygote, _BUILD_AFTER_S))
+                self._refill = asyncio.create_task(self._fill(zygote))
 
     async def settle(self) -> None:
         """Until the processes of the jobs that ended are gone, and the cgroups no longer
@@ -180,11 +178,11 @@ class ForkServer:
             self._emptied.set()  # jobs come faster than sandboxes are built: build now
         return taken or await self._prepare(zygote, sizes)
 
-    async def _fill(self, zygote: Zygote, after_s: float) -> None:
+    async def _fill(self, zygote: Zygote) -> None:
         # Built between jobs, so that the next job finds its namespaces, /proc, cgroup and
         # process made: its own start is then only its files, its limits and its code.
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._emptied.wait(), after_s)
+            await asyncio.wait_for(self._emptied.wait(), _BUILD_AFTER_S)
         while len(self._ready) < _READY_SANDBOXES and zygote.alive:
             try:
                 self._ready.append(await self._prepare(zygote, self._sizes))
@@ -200,6 +198,10 @@ class ForkServer:
             await cgroup.kill()
             self._cgroups.give_back(cgroup)
             raise
+
+    async def _discard_ready(self) -> None:
+        while self._ready:
+            await self._discard(*self._ready.pop())
 
     async def _discard(self, cgroup: JobCgroup, sandbox: ReadySandbox) -> None:
         sandbox.discard()
