@@ -55,6 +55,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 import types
 from contextlib import suppress
@@ -101,6 +102,12 @@ _PIDFD_GET_INFO = 0xC040FF0B  # _IOWR(0xFF, 11, struct pidfd_info): Linux 6.13
 _PIDFD_INFO_EXIT = 1 << 3  # how a task ended, kept after it is reaped: Linux 6.15
 _PIDFD_INFO = struct.Struct("Q56x")  # the request mask, then the fields we do not read
 _PIDFD_EXIT_STATUS = struct.Struct("60xi")  # ... and the wait status, at its end
+# How often, and how long at most, to look again for how a job ended once its pidfd says it
+# has: the kernel wakes the pidfd's pollers as the process exits, and records its exit status
+# only as it releases the process, a moment later (under a millisecond mostly, a few at most;
+# for ~1 job in 1,000 the zygote looked in between, and took the job for killed).
+_EXIT_RECHECK_S = 0.001
+_EXIT_STATUS_WAIT_S = 1.0
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 # What bwrap's --proc leaves read-only: kernel knobs a job must not even try to turn.
@@ -194,14 +201,26 @@ def _reap_zombies() -> None:
             return
 
 
-def _exit_status(pidfd: int) -> int:
-    """How the process behind `pidfd` ended (a wait status), reaped or not."""
+def _exit_status(pidfd: int) -> int | None:
+    """How the process behind `pidfd` ended (a wait status), reaped or not; None until the
+    kernel has recorded it, which it does just after the pidfd turns readable."""
     info = bytearray(_PIDFD_INFO.size)
     _PIDFD_INFO.pack_into(info, 0, _PIDFD_INFO_EXIT)
-    fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info)
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, info)
+    except ProcessLookupError:
+        return None  # released, its exit status not stored yet
     if not _PIDFD_INFO.unpack_from(info)[0] & _PIDFD_INFO_EXIT:
-        raise OSError(f"no exit status for pidfd {pidfd}")
+        return None
     (status,) = _PIDFD_EXIT_STATUS.unpack_from(info)
+    return status
+
+
+def _wait_exit_status(pidfd: int) -> int | None:
+    """`_exit_status` of a process that has exited, waited for (None: it never came)."""
+    deadline = time.monotonic() + _EXIT_STATUS_WAIT_S
+    while (status := _exit_status(pidfd)) is None and time.monotonic() < deadline:
+        time.sleep(_EXIT_RECHECK_S)
     return status
 
 
@@ -221,11 +240,12 @@ def _exit_status_kept() -> bool:
         os.write(wait, b"x")
         select.select([pidfd], [], [])
         try:
-            return os.waitstatus_to_exitcode(_exit_status(pidfd)) == 7
+            status = _wait_exit_status(pidfd)
         except OSError:
             return False
         finally:
             os.close(pidfd)
+        return status is not None and os.waitstatus_to_exitcode(status) == 7
     finally:
         os.close(go)
         os.close(wait)
@@ -393,13 +413,15 @@ class Zygote:
         """The job's process exited: say how, then let its namespace go."""
         job = self.jobs.pop(pidfd)
         try:
-            status = _exit_status(pidfd) if self.reaps else os.waitpid(job.pid, 0)[1]
+            status = _wait_exit_status(pidfd) if self.reaps else os.waitpid(job.pid, 0)[1]
         except OSError:
+            status = None
+        finally:
+            os.close(pidfd)
+        if status is None:
             job.report.close()  # unknown: the worker takes the job as killed
         else:
             _send_status(job.report, _returncode(status))
-        finally:
-            os.close(pidfd)
         # The init leaving takes every process left in the namespace with it.
         os.kill(job.init_pid, signal.SIGKILL)
 
