@@ -17,8 +17,9 @@
    their CPU takes little from the gateway's on the same cores; the step lines show both
    CPU costs per frame, and per line the worst first delivery and first-to-last spread.
 
-Medians over `--rounds` (for part 3, a fresh ticker job and client set each round); the
-machine is noisy, so only the ratios mean much.
+Medians over `--rounds` (for part 1, each round measures the spawns and both paths in turn;
+for part 3, a fresh ticker job and client set each round); the machine is noisy, so only the
+ratios mean much.
 """
 
 from __future__ import annotations
@@ -67,44 +68,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bare_spawn_p50(samples: int) -> float:
-    times = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        subprocess.run(
-            ["/usr/bin/python3", "-I", "-c", "print(1)"], capture_output=True, check=True
-        )
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def bare_spawn_s() -> float:
+    started = time.perf_counter()
+    subprocess.run(["/usr/bin/python3", "-I", "-c", "print(1)"], capture_output=True, check=True)
+    return time.perf_counter() - started
 
 
-def end_to_end_p50(stack: Stack, samples: int) -> float:
-    times = []
+def end_to_end_s(client: httpx.Client, stack: Stack) -> float:
+    """POST the job, then follow its `events_url` to `finished`."""
+    started = time.perf_counter()
+    accepted = client.post(f"{stack.url}/v1/jobs", json=PRINT_ONE).json()
+    with client.stream("GET", accepted["events_url"]) as events:
+        for line in events.iter_lines():
+            if line == "event: finished":
+                break
+    return time.perf_counter() - started
+
+
+def streamed_s(client: httpx.Client, stack: Stack) -> float:
+    """As `end_to_end_s`, with the job's events in the POST's own answer."""
+    started = time.perf_counter()
+    headers = {"Accept": "text/event-stream"}
+    with client.stream("POST", f"{stack.url}/v1/jobs", json=PRINT_ONE, headers=headers) as events:
+        for line in events.iter_lines():
+            if line == "event: finished":
+                break
+    return time.perf_counter() - started
+
+
+def latency_round(stack: Stack, samples: int) -> tuple[float, float, float]:
+    """p50s (s) of a bare spawn, the two-request and the one-request path: `samples` of each,
+    one kind after the other, within seconds (the machine's speed moves by the minute).
+
+    Not interleaved sample by sample: what the stack does after a job (the next sandbox
+    built, the job's cgroup emptied, acks) would then overlap the bare spawn that follows
+    instead of the next job, and in one run made the spawns 1-3 ms slower and the jobs 2 ms
+    faster than each measured in a row (0.85x instead of 1.1x)."""
     with httpx.Client(headers=stack.headers(), timeout=60) as client:
-        for _ in range(samples):
-            started = time.perf_counter()
-            accepted = client.post(f"{stack.url}/v1/jobs", json=PRINT_ONE).json()
-            with client.stream("GET", accepted["events_url"]) as events:
-                for line in events.iter_lines():
-                    if line == "event: finished":
-                        break
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def streamed_p50(stack: Stack, samples: int) -> float:
-    """As `end_to_end_p50`, with the job's events in the POST's own answer."""
-    times = []
-    headers = stack.headers() | {"Accept": "text/event-stream"}
-    with httpx.Client(headers=headers, timeout=60) as client:
-        for _ in range(samples):
-            started = time.perf_counter()
-            with client.stream("POST", f"{stack.url}/v1/jobs", json=PRINT_ONE) as events:
-                for line in events.iter_lines():
-                    if line == "event: finished":
-                        break
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        spawns = [bare_spawn_s() for _ in range(samples)]
+        jobs = [end_to_end_s(client, stack) for _ in range(samples)]
+        streamed = [streamed_s(client, stack) for _ in range(samples)]
+    return statistics.median(spawns), statistics.median(jobs), statistics.median(streamed)
 
 
 def accept_rate(stack: Stack, jobs: int) -> float:
@@ -341,24 +345,17 @@ def _rounds(
 
 
 def latency_rows(stack: Stack, options: argparse.Namespace, recorder: Recorder) -> list[Row]:
-    spawn_ms = _rounds(
-        recorder,
-        "bare spawn p50 (ms)",
-        options.rounds,
-        lambda: bare_spawn_p50(options.samples) * 1000,
-    )
-    e2e_ms = _rounds(
-        recorder,
-        "print(1) end to end p50 (ms)",
-        options.rounds,
-        lambda: end_to_end_p50(stack, options.samples) * 1000,
-    )
-    streamed_ms = _rounds(
-        recorder,
-        "print(1) in one request p50 (ms)",
-        options.rounds,
-        lambda: streamed_p50(stack, options.samples) * 1000,
-    )
+    spawn_ms: list[float] = []
+    e2e_ms: list[float] = []
+    streamed_ms: list[float] = []
+    for number in range(1, options.rounds + 1):
+        figures = [p50 * 1000 for p50 in latency_round(stack, options.samples)]
+        for kept, figure in zip((spawn_ms, e2e_ms, streamed_ms), figures, strict=True):
+            kept.append(figure)
+        recorder.step(
+            f"print(1) p50 (ms), round {number}/{options.rounds}: bare spawn {figures[0]:,.1f}, "
+            f"end to end {figures[1]:,.1f}, in one request {figures[2]:,.1f}"
+        )
     spawn = Figure(label="one bare `python3 -I -c` spawn", unit="ms", rounds=spawn_ms)
     return [
         Row(

@@ -30,8 +30,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from bench.humaneval_canonical import PYTHON, TIMEOUT_S, canonical_programs
-from bench.pipeline import end_to_end_p50
+from bench.pipeline import end_to_end_s
 from bench.results import positive
 from crucible.client import Client
 from crucible.evaluate import evaluate, write_canonical_samples
@@ -133,7 +135,13 @@ def bare_cpu_ms_per_job(programs: list[str]) -> float:
 def _workload(options: argparse.Namespace, stack: Stack, work: Path) -> tuple[list[str], Round]:
     """The programs one round runs, and how to run a round."""
     if options.workload == "print1":
-        return ["print(1)"] * options.jobs, lambda: end_to_end_p50(stack, options.jobs)
+
+        def one_at_a_time() -> None:
+            with httpx.Client(headers=stack.headers(), timeout=60) as client:
+                for _ in range(options.jobs):
+                    end_to_end_s(client, stack)
+
+        return ["print(1)"] * options.jobs, one_at_a_time
     samples = work / "samples.jsonl"
     write_canonical_samples(samples)
 
