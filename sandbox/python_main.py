@@ -38,7 +38,9 @@ def run_as_main(path: str, args: list[str]) -> NoReturn:
     interrupted = False
     try:
         with open(path, "rb") as source:  # bytes: a coding cookie is honoured, as python3 does
-            code = compile(source.read(), path, "exec")
+            # dont_inherit: this file's `from __future__ import annotations` is not the job's
+            # (its annotations are evaluated, as under python3).
+            code = compile(source.read(), path, "exec", dont_inherit=True)
         exec(code, main.__dict__)
         status = 0
     except SystemExit as exc:

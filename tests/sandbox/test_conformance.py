@@ -93,6 +93,15 @@ async def test_exit_code_and_signal_are_reported(sandbox: Sandbox) -> None:
     assert "KeyboardInterrupt" in interrupted.stderr
 
 
+async def test_python_jobs_take_none_of_the_platforms_future_imports(sandbox: Sandbox) -> None:
+    # The fork server and the Docker keeper compile a job in an interpreter running our code,
+    # which has `from __future__ import annotations`: the job's annotations must still be
+    # evaluated, as under `python3 main.py` (they were strings there).
+    code = "def f(x: int) -> None: pass\nprint(f.__annotations__)"
+    result = await run(sandbox, code)
+    assert result.stdout == "{'x': <class 'int'>, 'return': None}\n", result.stdout
+
+
 async def test_files_and_args(sandbox: Sandbox) -> None:
     result = await run(
         sandbox,
