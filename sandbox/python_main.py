@@ -28,7 +28,9 @@ def run_as_main(path: str, args: list[str]) -> NoReturn:
     """Run the file at `path` as `__main__` with `args`, then leave as the interpreter does."""
     main = types.ModuleType("__main__")
     main.__file__ = path
+    main.__cached__ = None  # type: ignore[attr-defined]
     main.__dict__["__builtins__"] = builtins
+    main.__annotations__ = {}  # as the interpreter's own __main__ starts with
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
     sys.modules["__main__"] = main
     entry = os.path.basename(path)

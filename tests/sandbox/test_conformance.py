@@ -102,6 +102,16 @@ async def test_python_jobs_take_none_of_the_platforms_future_imports(sandbox: Sa
     assert result.stdout == "{'x': <class 'int'>, 'return': None}\n", result.stdout
 
 
+async def test_python_jobs_start_in_the_main_module_python3_gives(sandbox: Sandbox) -> None:
+    # What `python3 main.py` puts in __main__ before the first line runs (the forked
+    # interpreters had no __annotations__ nor __cached__: a NameError for either).
+    code = "print(sorted(k for k in globals()), __annotations__, __cached__, __spec__)"
+    names = ["__annotations__", "__builtins__", "__cached__", "__doc__", "__file__",
+             "__loader__", "__name__", "__package__", "__spec__"]  # fmt: skip
+    result = await run(sandbox, code)
+    assert result.stdout == f"{names} {{}} None None\n", result.stdout + result.stderr
+
+
 async def test_files_and_args(sandbox: Sandbox) -> None:
     result = await run(
         sandbox,
