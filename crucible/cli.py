@@ -116,8 +116,10 @@ def worker(
 ) -> None:
     """Run a worker: pull jobs from NATS and run each in a fresh sandbox."""
     from bus import NatsSettings
+    from crucible.evaluate import RUNNER_CODE
     from observability import shutdown_tracing
     from sandbox import SandboxUnavailableError, create_sandbox
+    from sandbox.bwrap import BwrapSandbox
     from workers.settings import WorkerSettings
     from workers.worker import Worker
 
@@ -125,7 +127,13 @@ def worker(
     settings = WorkerSettings(concurrency=concurrency)
 
     async def serve() -> None:
-        service = Worker(settings, NatsSettings(), create_sandbox(settings.sandbox))
+        # crucible eval's jobs all run its runner: bwrap's fork server compiles it once.
+        sandbox = (
+            BwrapSandbox(python_entries=[RUNNER_CODE])
+            if settings.sandbox == BwrapSandbox.name
+            else create_sandbox(settings.sandbox)
+        )
+        service = Worker(settings, NatsSettings(), sandbox)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, service.stop)

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from contextlib import suppress
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -203,12 +204,12 @@ def _zygote_job(spec: ExecSpec, runtime: Runtime) -> ZygoteJob:
 
 
 def _zygote_argv(
-    control_fd: int, job_filter_fd: int, seccomp_fd: int, python_main_fd: int
+    control_fd: int, job_filter_fd: int, seccomp_fd: int, python_main_fd: int, entries_fd: int
 ) -> list[str]:
     python = RUNTIMES["python"]
     # `-`: the program comes on stdin, so no file of ours shows in the sandbox.
-    fds = (control_fd, job_filter_fd, python_main_fd)
-    command = [python.interpreter, *python.flags, "-", *map(str, fds)]
+    fds = (control_fd, job_filter_fd, python_main_fd, entries_fd)
+    command = [python.interpreter, *python.flags, "-", *map(str, fds), python.entry_file]
     return [
         *_DEFAULT_SIGNALS,
         _tool("setpriv"),
@@ -279,11 +280,15 @@ class BwrapSandbox:
 
     name = "bwrap"
 
-    def __init__(self, fork_server: bool | None = None) -> None:
+    def __init__(self, fork_server: bool | None = None, python_entries: Sequence[str] = ()) -> None:
+        """`python_entries`: Python programs that jobs often are (crucible eval's runner), which
+        the fork server compiles once for them."""
         if fork_server is None:
             fork_server = BwrapSettings().fork_server
         self._fork_server = (
-            ForkServer(_zygote_argv, _dir_sizes(ExecLimits())) if fork_server else None
+            ForkServer(_zygote_argv, _dir_sizes(ExecLimits()), python_entries)
+            if fork_server
+            else None
         )
 
     @property

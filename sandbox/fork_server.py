@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Sequence
 from contextlib import suppress
 
 from sandbox.cgroup_pool import CgroupPool
@@ -42,8 +43,11 @@ Ready = tuple[JobCgroup, ReadySandbox]
 class ForkServer:
     """Runs jobs in processes forked by one live zygote, started with `argv`."""
 
-    def __init__(self, argv: ArgvFactory, sizes: DirSizes) -> None:
+    def __init__(
+        self, argv: ArgvFactory, sizes: DirSizes, python_entries: Sequence[str] = ()
+    ) -> None:
         self._argv = argv
+        self._python_entries = python_entries  # compiled once by each zygote, for jobs
         self._sizes = sizes  # of the dirs of the sandboxes built ahead: the default limits'
         self._zygote: Zygote | None = None
         self._lock = asyncio.Lock()
@@ -100,7 +104,7 @@ class ForkServer:
             # What a fork server found dead had built ahead went with it, whether or not its
             # sockets have closed yet: a job sent there would wait out its time limit.
             await self._discard_ready()
-            zygote = Zygote(self._argv, job_program(), zygote_program())
+            zygote = Zygote(self._argv, job_program(), zygote_program(), self._python_entries)
             try:
                 await asyncio.to_thread(zygote.start)
             except ZygoteGoneError as exc:

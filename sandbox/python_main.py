@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 _FLAGS = ("-E", "-s", "-u")  # what the job's interpreter was started with
 
 
-def run_as_main(path: str, args: list[str]) -> NoReturn:
-    """Run the file at `path` as `__main__` with `args`, then leave as the interpreter does."""
+def run_as_main(
+    path: str, args: list[str], compiled: dict[bytes, types.CodeType] | None = None
+) -> NoReturn:
+    """Run the file at `path` as `__main__` with `args`, then leave as the interpreter does.
+
+    `compiled`: code already compiled from known sources for `path` (by the fork server,
+    before any job), used when the file holds exactly one of them."""
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__cached__ = None  # type: ignore[attr-defined]
@@ -40,9 +45,13 @@ def run_as_main(path: str, args: list[str]) -> NoReturn:
     interrupted = False
     try:
         with open(path, "rb") as source:  # bytes: a coding cookie is honoured, as python3 does
-            # dont_inherit: this file's `from __future__ import annotations` is not the job's
-            # (its annotations are evaluated, as under python3).
-            code = compile(source.read(), path, "exec", dont_inherit=True)
+            text = source.read()
+        code = (compiled or {}).get(text)
+        if code is None or code.co_filename != path:
+            # Here, not in a function: a SyntaxError's traceback starts at the job's file.
+            # dont_inherit: this file's `from __future__ import annotations` is not the
+            # job's (its annotations are evaluated, as under python3).
+            code = compile(text, path, "exec", dont_inherit=True)
         exec(code, main.__dict__)
         status = 0
     except SystemExit as exc:

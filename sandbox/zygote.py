@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import asyncio
 import functools
+import json
 import os
 import select
 import signal
@@ -46,8 +47,9 @@ _SETTLED = struct.Struct("!cII")  # b"M", then the sizes (MiB) of the dirs and /
 _STATUS = struct.Struct("!i")  # the zygote's report: how the job ended
 
 # Builds the zygote's command line from the fds it inherits: the control socket, the job
-# seccomp program, and the seccomp program bwrap applies to the zygote itself.
-ArgvFactory = Callable[[int, int, int, int], Sequence[str]]
+# seccomp program, the seccomp program bwrap applies to the zygote itself, python_main.py,
+# and the known job programs it compiles once (`Zygote`'s `python_entries`).
+ArgvFactory = Callable[[int, int, int, int, int], Sequence[str]]
 
 
 class ZygoteJob(BaseModel):
@@ -226,8 +228,15 @@ class ReadySandbox:
 class Zygote:
     """One running fork server. `spawn()` is safe to call from many jobs at once."""
 
-    def __init__(self, argv: ArgvFactory, job_filter: bytes, zygote_filter: bytes) -> None:
+    def __init__(
+        self,
+        argv: ArgvFactory,
+        job_filter: bytes,
+        zygote_filter: bytes,
+        python_entries: Sequence[str] = (),
+    ) -> None:
         self._argv = argv
+        self._python_entries = list(python_entries)
         self._job_filter = job_filter
         self._zygote_filter = zygote_filter
         self._process: subprocess.Popen[bytes] | None = None
@@ -245,6 +254,7 @@ class Zygote:
             _memfd("crucible-job-seccomp", self._job_filter),
             _memfd("crucible-zygote-seccomp", self._zygote_filter),
             _memfd("crucible-python-main", PYTHON_MAIN_SOURCE.read_bytes()),
+            _memfd("crucible-python-entries", json.dumps(self._python_entries).encode()),
         ]
         inherited = [theirs.fileno(), *filters]
         source = _memfd("crucible-zygote", SERVER_SOURCE.read_bytes())

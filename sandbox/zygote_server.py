@@ -584,8 +584,22 @@ def load_python_main(fd: int) -> types.ModuleType:
     return module
 
 
+def compile_entries(fd: int, entry: str) -> dict[bytes, types.CodeType]:
+    """The worker's known job programs (a JSON list of sources, such as crucible eval's
+    runner), compiled once for `entry` as a job's own file is: a job whose file holds exactly
+    one of them runs its code without compiling it (~1 ms of a forked process's CPU)."""
+    with os.fdopen(fd, "rb") as listed:
+        sources: list[str] = json.loads(listed.read())
+    path = os.path.join(WORK_DIR, entry)
+    return {
+        source.encode(): compile(source.encode(), path, "exec", dont_inherit=True)
+        for source in sources
+    }
+
+
 if __name__ == "__main__":
     become_init()
     python_main = load_python_main(int(sys.argv[3]))
+    compiled = compile_entries(int(sys.argv[4]), sys.argv[5])
     job = Zygote(int(sys.argv[1]), int(sys.argv[2])).serve()
-    python_main.run_as_main(os.path.join(WORK_DIR, job.entry), job.args)
+    python_main.run_as_main(os.path.join(WORK_DIR, job.entry), job.args, compiled)
