@@ -46,7 +46,7 @@ def run_as_main(
     try:
         with open(path, "rb") as source:  # bytes: a coding cookie is honoured, as python3 does
             text = source.read()
-        code = (compiled or {}).get(text)
+        code = compiled.get(text) if compiled else None
         if code is None or code.co_filename != path:
             # Here, not in a function: a SyntaxError's traceback starts at the job's file.
             # dont_inherit: this file's `from __future__ import annotations` is not the
