@@ -410,4 +410,9 @@ class Output:
 
     def close(self) -> None:
         for transport in self._transports:
-            transport.close()
+            try:
+                transport.close()
+            except RuntimeError:
+                # Its loop is closed (a sandbox dropped unclosed, let go after its loop
+                # ended): the transport cannot schedule its own clean-up, pipe included.
+                transport.get_extra_info("pipe").close()

@@ -8,11 +8,13 @@ Attacks write markers and never delete anything; a sandbox that fails lets them 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -417,3 +419,30 @@ async def test_sandboxes_built_ahead_and_never_used_leave_nothing_behind() -> No
     finally:
         await sandbox.close()
     assert _cgroups() - before == set()
+
+
+# asyncio says so of each pipe left open when its loop ended: that is the misuse this is.
+@pytest.mark.filterwarnings("ignore:unclosed transport:ResourceWarning")
+def test_a_sandbox_dropped_unclosed_leaves_no_process_or_cgroup_behind() -> None:
+    # Let go without close() after the loop that used it has ended (a caller that forgot,
+    # or the interpreter's exit): its finalizer must still close what it holds on that
+    # loop (the pipes of the sandboxes built ahead), then stop its fork server and remove
+    # its cgroups.
+    before = _cgroups()
+
+    async def use() -> tuple[BwrapSandbox, list[int]]:
+        sandbox = BwrapSandbox()
+        await sandbox.check()
+        assert (await run(sandbox, "print(1)")).verdict is Verdict.ACCEPTED
+        await asyncio.wait_for(_built_ahead(sandbox, 2), 10)
+        return sandbox, _fork_servers(sandbox)
+
+    sandbox, servers = asyncio.run(use())
+    assert servers and _cgroups() - before
+    del sandbox
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _cgroups() - before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last job's cgroup goes in the remover's thread
+    assert _cgroups() - before == set()
+    assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()]
