@@ -8,17 +8,17 @@ to a pipe (`phase_fd`), which it closes before the program starts.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from sandbox.cgroups import JobCgroup
 from sandbox.models import ExecLimits, ExecResult, OutputSink, Verdict
 from sandbox.output import OutputCollector
+from sandbox.pipe_reader import PipeReader
 
 _CPU_POLL_S = 0.05
 _DRAIN_TIMEOUT_S = 5.0
@@ -50,15 +50,9 @@ async def _watch_cpu(cgroup: JobCgroup, limit_s: float) -> None:
         await asyncio.sleep(_CPU_POLL_S)
 
 
-async def _wait_compiled(pipe: BinaryIO) -> bool:
+async def _wait_compiled(switch: asyncio.StreamReader) -> bool:
     """True once the wrapper reports a finished compile; False when it exits without."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    try:
-        return bool(await reader.read(1))
-    finally:
-        transport.close()
+    return bool(await switch.read(1))
 
 
 async def _feed(writer: asyncio.StreamWriter, data: str) -> None:
@@ -125,8 +119,9 @@ async def execute(
     ]
     exited = asyncio.create_task(process.wait())
     overflow = asyncio.create_task(output.overflowed.wait())
-    phase_pipe = None if phase_fd is None else os.fdopen(phase_fd, "rb", 0)
-    compiled = None if phase_pipe is None else asyncio.create_task(_wait_compiled(phase_pipe))
+    switch = asyncio.StreamReader()
+    phase_pipe = None if phase_fd is None else PipeReader(phase_fd, switch)
+    compiled = None if phase_pipe is None else asyncio.create_task(_wait_compiled(switch))
     phase = _Phase(compile_limits or limits, compile_limits is not None, time.monotonic(), 0.0)
     helpers: list[asyncio.Task[Any]] = [exited, overflow]
     if process.stdin is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import functools
 import json
 import os
 import select
@@ -28,12 +27,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydantic import BaseModel
 
 from sandbox.cgroups import JobCgroup
 from sandbox.errors import SandboxUnavailableError
+from sandbox.pipe_reader import PipeReader
 
 SERVER_SOURCE = Path(__file__).with_name("zygote_server.py")
 # How a job runs in the forked interpreter: shared with the Docker keeper.
@@ -300,7 +300,7 @@ class Zygote:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
-            output = await Output.open(out_read, err_read)
+            output = Output(out_read, err_read)
         except BaseException:
             for sock in (ours, theirs, job_ours, job_theirs):
                 sock.close()
@@ -371,48 +371,24 @@ async def _finished(work: asyncio.Future[None]) -> None:
         raise
 
 
-def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
-    return protocol
-
-
 class Output:
     """The readers of a job's stdout and stderr pipes, made with its sandbox: ahead of it."""
 
-    def __init__(
-        self,
-        stdout: asyncio.StreamReader,
-        stderr: asyncio.StreamReader,
-        transports: list[asyncio.BaseTransport],
-    ) -> None:
-        self.stdout = stdout
-        self.stderr = stderr
-        self._transports = transports
-
-    @classmethod
-    async def open(cls, stdout_fd: int, stderr_fd: int) -> Output:
+    def __init__(self, stdout_fd: int, stderr_fd: int) -> None:
         """Readers of the two pipes, which they own from here on (closed if this fails)."""
-        loop = asyncio.get_running_loop()
-        pipes: list[Any] = [os.fdopen(fd, "rb", 0) for fd in (stdout_fd, stderr_fd)]
-        readers = [asyncio.StreamReader() for _ in pipes]
-        transports: list[asyncio.BaseTransport] = []
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._pipes: list[PipeReader] = []
+        unowned = [stdout_fd, stderr_fd]
         try:
-            for pipe, reader in zip(pipes, readers, strict=True):
-                protocol = asyncio.StreamReaderProtocol(reader)
-                read_end, _ = await loop.connect_read_pipe(functools.partial(_same, protocol), pipe)
-                transports.append(read_end)
+            for reader in (self.stdout, self.stderr):
+                self._pipes.append(PipeReader(unowned.pop(0), reader))
         except BaseException:
-            for transport in transports:
-                transport.close()
-            for pipe in pipes[len(transports) :]:
-                pipe.close()
+            self.close()
+            for fd in unowned:
+                os.close(fd)
             raise
-        return cls(readers[0], readers[1], transports)
 
     def close(self) -> None:
-        for transport in self._transports:
-            try:
-                transport.close()
-            except RuntimeError:
-                # Its loop is closed (a sandbox dropped unclosed, let go after its loop
-                # ended): the transport cannot schedule its own clean-up, pipe included.
-                transport.get_extra_info("pipe").close()
+        for pipe in self._pipes:
+            pipe.close()

@@ -421,8 +421,6 @@ async def test_sandboxes_built_ahead_and_never_used_leave_nothing_behind() -> No
     assert _cgroups() - before == set()
 
 
-# asyncio says so of each pipe left open when its loop ended: that is the misuse this is.
-@pytest.mark.filterwarnings("ignore:unclosed transport:ResourceWarning")
 def test_a_sandbox_dropped_unclosed_leaves_no_process_or_cgroup_behind() -> None:
     # Let go without close() after the loop that used it has ended (a caller that forgot,
     # or the interpreter's exit): its finalizer must still close what it holds on that
