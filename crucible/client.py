@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
@@ -121,12 +121,13 @@ class Client:
     # Runs
 
     def submit_run(
-        self, jobs: Sequence[JobSpec], metadata: dict[str, object] | None = None
+        self, jobs: Iterable[JobSpec], metadata: dict[str, object] | None = None
     ) -> RunAccepted:
-        """Queue a run of any size: the first batch creates it, later batches append."""
+        """Queue a run of any size: the first batch creates it, later batches append. `jobs`
+        may be a generator: each batch is made as it is sent."""
         bodies = batch_bodies(jobs, metadata or {}, self.config.max_batch_bytes)
         first = RunAccepted.model_validate_json(
-            self._request("POST", "/v1/runs", content=bodies[0], headers=_JSON).content
+            self._request("POST", "/v1/runs", content=next(bodies), headers=_JSON).content
         )
         appended = [
             RunAccepted.model_validate_json(
@@ -134,7 +135,7 @@ class Client:
                     "POST", f"/v1/runs/{first.id}/jobs", content=body, headers=_JSON
                 ).content
             )
-            for body in bodies[1:]
+            for body in bodies
         ]
         return merge_accepted(first, appended)
 
@@ -259,13 +260,13 @@ class AsyncClient:
         return await self.wait((await self.submit(spec)).id)
 
     async def submit_run(
-        self, jobs: Sequence[JobSpec], metadata: dict[str, object] | None = None
+        self, jobs: Iterable[JobSpec], metadata: dict[str, object] | None = None
     ) -> RunAccepted:
         bodies = batch_bodies(jobs, metadata or {}, self.config.max_batch_bytes)
-        response = await self._request("POST", "/v1/runs", content=bodies[0], headers=_JSON)
+        response = await self._request("POST", "/v1/runs", content=next(bodies), headers=_JSON)
         first = RunAccepted.model_validate_json(response.content)
         appended = []
-        for body in bodies[1:]:
+        for body in bodies:
             response = await self._request(
                 "POST", f"/v1/runs/{first.id}/jobs", content=body, headers=_JSON
             )

@@ -7,7 +7,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -182,25 +182,24 @@ class StreamResume:
 
 
 def batch_bodies(
-    jobs: Sequence[JobSpec], metadata: dict[str, object], max_batch_bytes: int
-) -> list[bytes]:
-    """Request bodies of at most 10,000 jobs and about `max_batch_bytes` each, in order."""
-    if not jobs:
-        raise ValueError("a run needs at least one job")
+    jobs: Iterable[JobSpec], metadata: dict[str, object], max_batch_bytes: int
+) -> Iterator[bytes]:
+    """Request bodies of at most 10,000 jobs and about `max_batch_bytes` each, in order, made
+    as they are sent: a run of 100,000 jobs never has more than one body in memory."""
     tail = b'],"metadata":' + json.dumps(metadata).encode() + b"}"
-    bodies: list[bytes] = []
     batch: list[bytes] = []
     size = 0
     for spec in jobs:
         # Only what the caller set: unset limits take the gateway's defaults.
         encoded = spec.model_dump_json(exclude_unset=True).encode()
         if batch and (len(batch) == MAX_JOBS_PER_REQUEST or size + len(encoded) > max_batch_bytes):
-            bodies.append(b'{"jobs":[' + b",".join(batch) + tail)
+            yield b'{"jobs":[' + b",".join(batch) + tail
             batch, size = [], 0
         batch.append(encoded)
         size += len(encoded) + 1
-    bodies.append(b'{"jobs":[' + b",".join(batch) + tail)
-    return bodies
+    if not batch:
+        raise ValueError("a run needs at least one job")
+    yield b'{"jobs":[' + b",".join(batch) + tail
 
 
 def merge_accepted(first: RunAccepted, appended: list[RunAccepted]) -> RunAccepted:

