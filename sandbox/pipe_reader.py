@@ -76,11 +76,12 @@ class PipeReader(asyncio.ReadTransport):
         return self._fd < 0
 
     def close(self) -> None:
-        """Stop reading and close the descriptor; again, nothing. Safe once the loop has
-        ended (a closed loop watches nothing)."""
+        """Stop reading, end the reader's stream (as a transport's close does) and close the
+        descriptor; again, nothing. Safe once the loop has ended (it watches nothing)."""
         if self._fd < 0:
             return
-        self.pause_reading()
-        self._ended = True
+        if not self._ended:
+            self._end()
+            self._reader.feed_eof()
         os.close(self._fd)
         self._fd = -1
