@@ -106,11 +106,9 @@ def _progress(console: Console) -> Iterator[Callable[[RunProgress], None]]:
             return
         last = now
         elapsed = time.strftime("%H:%M:%S", time.gmtime(now - started))
-        console.print(
-            f"running {progress.done}/{progress.total} {_verdicts(progress)} {elapsed}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        counts = f"{progress.done}/{progress.total}"
+        line = " ".join(part for part in ("running", counts, _verdicts(progress), elapsed) if part)
+        console.print(line, highlight=False, soft_wrap=True)
 
     yield log
 
