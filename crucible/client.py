@@ -34,7 +34,9 @@ from crucible.client_base import (
     Event,
     StreamError,
     StreamResume,
+    async_batch_request,
     batch_bodies,
+    batch_request,
     check,
     is_job_end,
     is_run_end,
@@ -79,11 +81,15 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, batch: bytes | None = None, **kwargs: object
+    ) -> httpx.Response:
+        """The response, retried while the gateway says to wait; `batch`: a run's JSON."""
         waited_s = 0.0
         while True:
+            sent = kwargs if batch is None else {**kwargs, **batch_request(batch)}
             try:
-                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+                response = self._http.request(method, path, **sent)  # type: ignore[arg-type]
             except httpx.HTTPError as exc:
                 raise CrucibleError(f"{method} {path}: {exc!r}") from exc
             delay = retry_delay(response, waited_s, self.config.retry_budget_s)
@@ -127,13 +133,11 @@ class Client:
         may be a generator: each batch is made as it is sent."""
         bodies = batch_bodies(jobs, metadata or {}, self.config.max_batch_bytes)
         first = RunAccepted.model_validate_json(
-            self._request("POST", "/v1/runs", content=next(bodies), headers=_JSON).content
+            self._request("POST", "/v1/runs", batch=next(bodies)).content
         )
         appended = [
             RunAccepted.model_validate_json(
-                self._request(
-                    "POST", f"/v1/runs/{first.id}/jobs", content=body, headers=_JSON
-                ).content
+                self._request("POST", f"/v1/runs/{first.id}/jobs", batch=body).content
             )
             for body in bodies
         ]
@@ -224,11 +228,14 @@ class AsyncClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, batch: bytes | None = None, **kwargs: object
+    ) -> httpx.Response:
         waited_s = 0.0
         while True:
+            sent = kwargs if batch is None else {**kwargs, **async_batch_request(batch)}
             try:
-                response = await self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+                response = await self._http.request(method, path, **sent)  # type: ignore[arg-type]
             except httpx.HTTPError as exc:
                 raise CrucibleError(f"{method} {path}: {exc!r}") from exc
             delay = retry_delay(response, waited_s, self.config.retry_budget_s)
@@ -263,13 +270,11 @@ class AsyncClient:
         self, jobs: Iterable[JobSpec], metadata: dict[str, object] | None = None
     ) -> RunAccepted:
         bodies = batch_bodies(jobs, metadata or {}, self.config.max_batch_bytes)
-        response = await self._request("POST", "/v1/runs", content=next(bodies), headers=_JSON)
+        response = await self._request("POST", "/v1/runs", batch=next(bodies))
         first = RunAccepted.model_validate_json(response.content)
         appended = []
         for body in bodies:
-            response = await self._request(
-                "POST", f"/v1/runs/{first.id}/jobs", content=body, headers=_JSON
-            )
+            response = await self._request("POST", f"/v1/runs/{first.id}/jobs", batch=body)
             appended.append(RunAccepted.model_validate_json(response.content))
         return merge_accepted(first, appended)
 
@@ -331,6 +336,3 @@ class AsyncClient:
             else:
                 resume.failed(None)
             await resume.pause()
-
-
-_JSON = {"Content-Type": "application/json"}

@@ -7,7 +7,8 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -200,6 +201,34 @@ def batch_bodies(
     if not batch:
         raise ValueError("a run needs at least one job")
     yield b'{"jobs":[' + b",".join(batch) + tail
+
+
+def batch_request(body: bytes) -> dict[str, Any]:
+    """A batch's request arguments, for a sync client: its body sent once and let go of.
+
+    httpx's request and response refer to each other, a cycle that only the garbage
+    collector frees, and a large bytes object does not wake it: given as `content`, every
+    batch sent stayed in memory for a while (a 100,000-sample eval's client grew by ~380
+    MB of sent batches). A generator lets go of the body as soon as it has been sent; a new
+    one per attempt makes a retry send it again, and its length keeps it unchunked."""
+
+    def once() -> Iterator[bytes]:
+        yield body
+
+    return {"content": once(), "headers": _batch_headers(body)}
+
+
+def async_batch_request(body: bytes) -> dict[str, Any]:
+    """`batch_request` for an async client."""
+
+    async def once() -> AsyncIterator[bytes]:
+        yield body
+
+    return {"content": once(), "headers": _batch_headers(body)}
+
+
+def _batch_headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Content-Length": str(len(body))}
 
 
 def merge_accepted(first: RunAccepted, appended: list[RunAccepted]) -> RunAccepted:
