@@ -64,13 +64,18 @@ def run_eval(
         else:
             raise EvalError("name a samples file, or pass --demo")
         with Client(url, api_key) as client, _progress(console) as show:
+
+            def submitted(run_id: str, size: int) -> None:
+                # At once, not at the end: a long eval's run can be watched (the console,
+                # `GET /v1/runs/{id}`) or its results read, whatever becomes of this process.
+                console.print(f"run {run_id}: {size} samples queued", highlight=False)
+
             result = evaluate(
-                client, samples, ks, timeout_s, problems, ignore_incomplete or demo, show
+                client, samples, ks, timeout_s, problems, ignore_incomplete or demo, show, submitted
             )
     except (EvalError, CrucibleError, OSError) as exc:
         console.print(f"crucible eval: {exc}", style="red")
         return 1
-    console.print(f"run {result.run_id}: {result.samples} samples")
     console.print(f"Writing results to {result.results_file}...")
     print(result.pass_at_k, file=sys.stdout, flush=True)
     return 0

@@ -144,8 +144,10 @@ def evaluate(
     problem_file: Path = DEFAULT_PROBLEM_FILE,
     ignore_incomplete: bool = False,
     on_progress: Callable[[RunProgress], None] | None = None,
+    on_submitted: Callable[[str, int], None] | None = None,
 ) -> EvalResult:
-    """Run every sample as one Crucible run; write the results file; return pass@k."""
+    """Run every sample as one Crucible run; write the results file; return pass@k.
+    `on_submitted` hears the run's id and size once every sample is queued."""
     problems = load_problems(problem_file)
     samples = load_samples(samples_file)
     if not samples:
@@ -164,6 +166,8 @@ def evaluate(
     accepted = client.submit_run(
         jobs(), metadata={"kind": "human-eval", "samples_file": samples_file.name}
     )
+    if on_submitted is not None:
+        on_submitted(accepted.id, len(accepted.job_ids))
     results = _follow(client, accepted.id, nonce, on_progress)
     if len(results) < len(accepted.job_ids):  # the stream gave up early: read what it missed
         results = {job.id: result_text(job, nonce) for job in client.results(accepted.id)}

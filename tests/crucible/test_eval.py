@@ -144,8 +144,11 @@ def test_demo_canonical_solutions_all_pass(stack: Stack, tmp_path: Path) -> None
     assert last_line_dict(done.stdout) == {"pass@1": 1.0}
     rows = Path(f"{samples_file}_results.jsonl").read_text().splitlines()
     assert len(rows) == 164 and all(json.loads(row)["passed"] for row in rows)
-    # stderr is no terminal here (as in a CI job's log): progress comes as plain lines.
-    assert re.search(r"^running 164/164 accepted=164 \d\d:\d\d:\d\d$", done.stderr, re.MULTILINE)
+    # stderr is no terminal here (as in a CI job's log): progress comes as plain lines,
+    # after the run's id, which is told as soon as it is known.
+    queued = re.search(r"^run r-[0-9a-f]+: 164 samples queued$", done.stderr, re.MULTILINE)
+    ended = re.search(r"^running 164/164 accepted=164 \d\d:\d\d:\d\d$", done.stderr, re.MULTILINE)
+    assert queued and ended and queued.start() < ended.start()
 
 
 def test_results_come_from_the_run_stream_alone(
