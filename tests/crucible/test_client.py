@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import ssl
-import threading
 import tracemalloc
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 
 from bus import Case, JobSpec, Limits, Verdict
 from crucible.client import ApiError, AsyncClient, Client, CrucibleError, Event
 from crucible.client_base import ClientConfig, batch_bodies
-from gateway.run_schemas import RunAccepted, RunProgress
+from gateway.run_schemas import RunProgress
 from tests.proxy import CuttingProxy
 from tests.stack import Stack
 
@@ -164,63 +159,6 @@ def test_a_run_sent_in_batches_keeps_none_of_them_once_sent(client: Client) -> N
         tracemalloc.stop()
     assert len(accepted.job_ids) == 40
     assert kept < 2 * client.config.max_batch_bytes  # ~2 MB were sent, in 8 batches
-
-
-class _RefusesOnce(BaseHTTPRequestHandler):
-    """A gateway that answers a run's first POST with 429, then accepts it."""
-
-    received: ClassVar[list[tuple[str | None, str | None, bytes]]] = []
-
-    def do_POST(self) -> None:
-        length = self.headers["Content-Length"]
-        body = self.rfile.read(int(length)) if length else b""
-        self.received.append((length, self.headers["Transfer-Encoding"], body))
-        if len(self.received) == 1:
-            self.send_response(429)
-            self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        accepted = RunAccepted(
-            id="r-1", job_ids=["j-1"], total_jobs=1, url="/r", events_url="/e", results_url="/x"
-        ).model_dump_json()
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(accepted)))
-        self.end_headers()
-        self.wfile.write(accepted.encode())
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-def test_a_batch_refused_with_429_is_sent_again_whole(flavour: str) -> None:
-    # Each batch goes out through a body that lets go of it once sent: a retry must send
-    # it again, whole, with its length (not chunked).
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusesOnce)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    specs = [JobSpec(language="python", code="print(1)")]
-    _RefusesOnce.received.clear()
-    try:
-        if flavour == "sync":
-            with Client(url, "k") as crucible:
-                accepted = crucible.submit_run(specs)
-        else:
-
-            async def submit() -> RunAccepted:
-                async with AsyncClient(url, "k") as crucible:
-                    return await crucible.submit_run(specs)
-
-            accepted = asyncio.run(submit())
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert accepted.id == "r-1"
-    (first, refused, body), (length, chunked, again) = _RefusesOnce.received
-    assert body == again and json.loads(body)["jobs"][0]["code"] == "print(1)"
-    assert first == length == str(len(body)) and refused is None and chunked is None
 
 
 def test_a_plain_http_client_loads_no_ca_bundle_and_trusts_no_certificate() -> None:

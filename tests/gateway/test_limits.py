@@ -12,7 +12,7 @@ import pytest
 from bus import JobMessage, JobSpec, QueueFullError, connect, publish_model, utc_now
 from bus import subjects as s
 from bus.audit import AuditAction
-from crucible.client import Client
+from crucible.client import AsyncClient, Client
 from tests.bus_state import audit_records, last_writes
 from tests.stack import Stack, running_stack
 from tests.tenants import tenant_key
@@ -148,3 +148,35 @@ def test_the_client_waits_out_a_rate_limit(slow_stack: Stack) -> None:
     assert len(listings) == 6
     refused = [r for r in asyncio.run(audit_records(slow_stack)) if r.key_id == "client"]
     assert refused and all(r.action is AuditAction.RATE_LIMITED for r in refused)
+
+
+async def test_a_run_refused_for_its_rate_is_sent_again_whole_by_the_clients(
+    slow_stack: Stack,
+) -> None:
+    # The client sends each batch through a body it lets go of once sent: after a 429 it
+    # must send the batch again, whole, through the sync and the async client alike. A key
+    # of its own: its bucket, spent here, is no other test's.
+    specs = [JobSpec(language="python", code=f"print({i})  # {'x' * 80}") for i in range(5)]
+
+    async def spend_the_burst(http: httpx.AsyncClient) -> None:
+        while (await http.get("/v1/runtimes")).status_code != 429:
+            pass
+
+    with tenant_key(slow_stack, "local", "retried") as headers:
+        key = headers["Authorization"].removeprefix("Bearer ")
+        async with httpx.AsyncClient(base_url=slow_stack.url, headers=headers) as http:
+            await spend_the_burst(http)
+            with Client(slow_stack.url, key) as crucible:
+                crucible.config.max_batch_bytes = 300  # 2 jobs a batch: a run and two appends
+                sync_run = await asyncio.to_thread(crucible.submit_run, specs)
+            await spend_the_burst(http)
+            async with AsyncClient(slow_stack.url, key) as async_crucible:
+                async_crucible.config.max_batch_bytes = 300
+                async_run = await async_crucible.submit_run(specs)
+    records = await audit_records(slow_stack)
+    for run in (sync_run, async_run):
+        assert len(run.job_ids) == run.total_jobs == 5
+        appends = [r for r in records if r.path == f"/v1/runs/{run.id}/jobs"]
+        assert any(r.status == 429 for r in appends)  # refused at its rate, then sent again
+        accepted = [r for r in records if r.run_id == run.id and r.status == 202]
+        assert len(accepted) == 3 and sum(r.jobs or 0 for r in accepted) == 5
