@@ -119,9 +119,11 @@ async def execute(
     ]
     exited = asyncio.create_task(process.wait())
     overflow = asyncio.create_task(output.overflowed.wait())
-    switch = asyncio.StreamReader()
-    phase_pipe = None if phase_fd is None else PipeReader(phase_fd, switch)
-    compiled = None if phase_pipe is None else asyncio.create_task(_wait_compiled(switch))
+    phase_pipe = compiled = None
+    if phase_fd is not None:
+        switch = asyncio.StreamReader()
+        phase_pipe = PipeReader(phase_fd, switch)
+        compiled = asyncio.create_task(_wait_compiled(switch))
     phase = _Phase(compile_limits or limits, compile_limits is not None, time.monotonic(), 0.0)
     helpers: list[asyncio.Task[Any]] = [exited, overflow]
     if process.stdin is not None:
