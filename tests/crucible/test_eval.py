@@ -134,6 +134,8 @@ def test_eval_refuses_incomplete_or_unknown_samples(stack: Stack, tmp_path: Path
     samples_file.write_text(json.dumps({"task_id": "Nope/1", "completion": ""}))
     unknown = crucible_eval(stack, str(samples_file), "--ignore-incomplete")
     assert unknown.returncode == 1 and "Nope/1" in unknown.stderr
+    no_time = crucible_eval(stack, "--demo", str(tmp_path / "demo.jsonl"), "--timeout", "-1")
+    assert no_time.returncode == 1 and "--timeout takes a positive number" in no_time.stderr
 
 
 @pytest.mark.slow
