@@ -288,7 +288,13 @@ class Cursor(Generic[E]):
     def rewind(self, after_seq: int) -> int:
         """Move to the first held entry after `after_seq`; the position from which on the
         ring has (or will have) every entry: anything before it must come from a replay."""
-        self.index = self._tail.ring.first_after(after_seq)
+        ring = self._tail.ring
+        self.index = ring.first_after(after_seq)
+        last = ring.last()
+        if self.index == ring.end and last is not None and last.final:
+            # A client that resumes after the end gets the final entry again, which tells it
+            # that the stream is over.
+            self.index -= 1
         return self._tail.first_seq
 
     async def batches(self, push: Push | None = None) -> AsyncIterator[list[E]]:

@@ -9,7 +9,10 @@ client learns that the run is over.
 
 The counting needs the run's event headers from its start: the clients of a run share one
 live tail (`gateway.live_tail`) that reads them once and encodes each `progress` once; a
-client that asks for more than the tail still holds replays the headers itself.
+client that asks for more than the tail still holds replays the headers itself. Results are
+fetched (a read of the stream per job) only from where the tail's first client resumed: a
+client reconnecting near the end of a 100,000-job run waits for the run's headers to be
+counted, not for every result before its `Last-Event-ID` to be read and thrown away.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ def _progress(seq: int, done: int, total: int, verdicts: Counter[str]) -> bytes:
 async def _entries(
     bus: GatewayBus, record: RunRecord, messages: AsyncIterator[Msg], fetch_from_seq: int
 ) -> AsyncIterator[RunEntry]:
-    """The run's entries from its start; results are fetched from `fetch_from_seq` on."""
+    """The run's entries from `fetch_from_seq` on, with their results, counted from the
+    run's start; and the final entry wherever it is (a client resuming after the run's end
+    gets its last `progress` again)."""
     members = _Members(bus, record)
     await members.load()
     done: set[str] = set()
@@ -103,6 +108,8 @@ async def _entries(
         if len(done) >= members.record.total_jobs:
             await members.load()  # jobs may have been appended meanwhile
             final = len(done) >= members.record.total_jobs
+        if mark.seq < fetch_from_seq and not final:
+            continue  # counted; a tail or replay starting later holds no such entry
         entry = RunEntry(mark.seq, mark.job_id, len(progress), final, progress)
         if mark.seq >= fetch_from_seq:
             entry.finished = await bus.event_at(mark.seq)
@@ -150,9 +157,9 @@ async def run_event_stream(
     after = FIRST_EVENT_ID if last_event_id is None else last_event_id
 
     def make() -> LiveTail[RunEntry]:
-        # It reads from the run's start, so it makes every entry there is: it covers every
-        # position (and fetches every result).
-        return LiveTail("run", _source(bus, record, live=True), FIRST_EVENT_ID + 1)
+        # It counts from the run's start, and holds the entries from where this client
+        # resumes: a client joining it later that wants older ones replays them.
+        return LiveTail("run", _source(bus, record, live=True), after + 1)
 
     subject = s.run_events_subject(record.run_id)
     async for batch in follow(bus.tails, subject, after, make, _source(bus, record, live=False)):

@@ -265,3 +265,113 @@ async def test_run_stream_clients_joining_anywhere_or_stalling_get_each_finished
     assert await follow_run(bus, run, expected[-1][0]) == expected[-1:]
     await settle(debug, bus)
     assert (await consumers(debug), len(bus.tails)) == (0, 0)
+
+
+async def _finished_run(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext, jobs: int
+) -> tuple[RunRecord, list[Seen]]:
+    """A run of `jobs` jobs, each started, printing and finished; its stream's events."""
+    run = RunRecord(
+        run_id=new_run_id(),
+        tenant="local",
+        created_at=utc_now(),
+        total_jobs=jobs,
+        chunks=1,
+        events_after_seq=(await debug.stream_info(s.EVENTS_STREAM)).state.last_seq,
+    )
+    records = [new_record(run.run_id) for _ in range(jobs)]
+    await bus.runs.create(run)
+    members = [RunMember(job_id=record.job_id) for record in records]
+    await bus.runs.put_chunk(run.tenant, RunChunk(run_id=run.run_id, index=0, jobs=members))
+    jobs_kv = await bus.js.key_value(s.JOBS_BUCKET)
+    expected: list[Seen] = [(0, "progress", "0")]
+    for done, record in enumerate(records, start=1):
+        await jobs_kv.put(record.job_id, record.model_dump_json().encode())
+        job = Job(worker, record)
+        await job.start()
+        await job.print("out\n")
+        seq = await job.finish()
+        expected += [(seq, "finished", record.job_id), (seq, "progress", str(done))]
+    return run, expected
+
+
+def _count_event_reads(bus: GatewayBus, monkeypatch: Any) -> list[int]:
+    """The stream positions whose events the gateway reads from now on, in order (the
+    helper's `started` and output events carry no type header: those are read too)."""
+    read: list[int] = []
+    event_at = bus.event_at
+
+    async def counted(seq: int) -> StoredEvent | None:
+        read.append(seq)
+        return await event_at(seq)
+
+    monkeypatch.setattr(bus, "event_at", counted)
+    return read
+
+
+async def test_a_run_stream_resumed_late_reads_only_the_results_it_sends(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext, monkeypatch: Any
+) -> None:
+    # A client reconnecting near the end of a long run used to wait while the run's tail read
+    # every result from the run's start (16 s for 20,000 jobs), and threw away all but the last.
+    run, expected = await _finished_run(bus, worker, debug, jobs=30)
+    finished = [seq for seq, kind, _ in expected if kind == "finished"]
+    read = _count_event_reads(bus, monkeypatch)
+    resume_at = finished[24]
+    assert await follow_run(bus, run, resume_at) == [e for e in expected if e[0] > resume_at]
+    assert [seq for seq in read if seq in finished] == finished[25:]
+    read.clear()
+    assert await follow_run(bus, run, expected[-1][0]) == expected[-1:]
+    assert [seq for seq in read if seq in finished] == []
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails)) == (0, 0)
+
+
+async def test_clients_resuming_after_a_run_ended_each_get_its_last_progress(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext
+) -> None:
+    run, expected = await _finished_run(bus, worker, debug, jobs=5)
+    first_done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(events: list[Seen]) -> None:  # keeps its tail alive for the next client
+        first_done.set()
+        await release.wait()
+
+    first = asyncio.create_task(follow_run(bus, run, expected[-1][0], between=hold))
+    await first_done.wait()
+    assert len(bus.tails) == 1
+    # Joins the first client's tail, which has made its final entry already.
+    second = await asyncio.wait_for(follow_run(bus, run, expected[-1][0]), 10)
+    assert second == expected[-1:]
+    release.set()
+    assert await first == expected[-1:]
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails)) == (0, 0)
+
+
+async def test_a_run_tail_started_by_a_resuming_client_serves_earlier_joiners_by_replay(
+    bus: GatewayBus, worker: JetStreamContext, debug: JetStreamContext, small_ring: None
+) -> None:
+    run, expected = await _finished_run(bus, worker, debug, jobs=12)
+    first_done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(events: list[Seen]) -> None:
+        if events[-1] == expected[-1]:
+            first_done.set()
+            await release.wait()
+
+    resume_at = expected[2 * 8][0]
+    first = asyncio.create_task(follow_run(bus, run, resume_at, between=hold))
+    await first_done.wait()
+    # The tail holds entries from the first client's resume point on only.
+    earlier = expected[2 * 3][0]
+    assert await asyncio.wait_for(follow_run(bus, run, earlier), 10) == [
+        e for e in expected if e[0] > earlier
+    ]
+    assert await asyncio.wait_for(follow_run(bus, run), 10) == expected
+    release.set()
+    assert await first == [e for e in expected if e[0] > resume_at]
+    await settle(debug, bus)
+    assert (await consumers(debug), len(bus.tails)) == (0, 0)
