@@ -22,6 +22,7 @@ take the way above.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.event import ensure_bytes
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from bus import BusUnavailableError
+
+log = logging.getLogger(__name__)
 
 SERVER_SEND = "crucible.server_send"
 EVENT_STREAM = "text/event-stream"
@@ -46,6 +51,8 @@ SUBMISSION_STREAM: dict[int | str, dict[str, Any]] = {
     }
 }
 _CLEANUP_TIMEOUT_S = 30.0  # as sse-starlette's: an interrupted stream's generator may clean up
+# The last thing a stream says when it breaks off (a comment: clients skip it, curl shows it).
+BROKE_OFF = b": the event stream broke off (NATS unavailable); resume with Last-Event-ID\n\n"
 
 
 def wants_event_stream(accept: str | None) -> bool:
@@ -119,6 +126,7 @@ class EventStreamResponse(EventSourceResponse):
     `direct` (which the stream's live tail may write to) when the server allows it."""
 
     _frames_send: Send
+    _path: str
 
     def __init__(
         self,
@@ -133,6 +141,7 @@ class EventStreamResponse(EventSourceResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._frames_send = scope.get(SERVER_SEND, send)
+        self._path = scope.get("path", "")
         if self._direct is not None and SERVER_SEND in scope:
             self._direct.bind(scope[SERVER_SEND])
         try:
@@ -153,6 +162,12 @@ class EventStreamResponse(EventSourceResponse):
                 # No per-send timeout (none is set) and so no cancel scope per frame.
                 body = ensure_bytes(data, self.sep)
                 await write({"type": "http.response.body", "body": body, "more_body": True})
+        except BusUnavailableError as exc:
+            # Its status went out long ago: no error response can follow. The stream ends
+            # as a stream does, and its client resumes where it got to, as after any drop
+            # (EventSource, the CLI and `crucible.client` reconnect on their own).
+            log.warning("the event stream of %s broke off: %s", self._path, exc)
+            await write({"type": "http.response.body", "body": BROKE_OFF, "more_body": True})
         except BaseException:
             # As sse-starlette does: the generator, suspended at a yield, cleans up now
             # (it leaves its live tail), not whenever it is collected.

@@ -15,7 +15,13 @@ from fastapi import FastAPI, HTTPException
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.event_stream import DirectWrites, EventStreamResponse, install_server_send
+from bus import BusUnavailableError
+from gateway.event_stream import (
+    BROKE_OFF,
+    DirectWrites,
+    EventStreamResponse,
+    install_server_send,
+)
 from tests.stack import free_port
 
 FRAMES = [ServerSentEvent(id=str(i), event="stdout", data=f"line {i}").encode() for i in range(5)]
@@ -56,6 +62,15 @@ def stream_app(seen: list[Message], direct: bool) -> FastAPI:
     @app.get("/missing", response_model=None)
     async def missing() -> EventStreamResponse:
         raise HTTPException(404, "no such job")
+
+    @app.get("/breaks-off", response_model=None)
+    async def breaks_off() -> EventStreamResponse:
+        async def frames_then_bus_lost() -> AsyncIterator[bytes]:
+            yield FRAMES[0]
+            yield FRAMES[1]
+            raise BusUnavailableError("reading events failed: TimeoutError()")
+
+        return EventStreamResponse(frames_then_bus_lost(), ping=15, headers=HEADERS)
 
     @app.get("/broken", response_model=None)
     async def broken() -> EventStreamResponse:
@@ -108,6 +123,22 @@ async def test_errors_before_the_stream_keep_their_status(direct: bool) -> None:
     assert seen[0]["status"] == 404
     assert seen[1]["body"] == missing.content  # the audit layer reads error bodies
     assert (await get(app, "/broken")).status_code == 500
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_stream_that_loses_the_bus_ends_as_a_stream_with_a_word_and_a_warning(
+    direct: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not an "Exception in ASGI application" with a traceback and a cut connection: NATS
+    # losing a node is an event of the trade, and the client resumes with Last-Event-ID.
+    seen: list[Message] = []
+    response = await get(stream_app(seen, direct), "/breaks-off")
+    assert response.status_code == 200
+    assert response.content == FRAMES[0] + FRAMES[1] + BROKE_OFF
+    assert (seen[-1]["type"], seen[-1]["more_body"]) == ("http.response.body", False)
+    (record,) = [r for r in caplog.records if r.name == "gateway.event_stream"]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert "/breaks-off" in record.getMessage() and "TimeoutError" in record.getMessage()
 
 
 def direct_app(frames: Callable[[DirectWrites], AsyncIterator[bytes]]) -> FastAPI:
