@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sse_starlette import EventSourceResponse
 
 from bus import (
     BusUnavailableError,
@@ -25,6 +24,7 @@ from gateway import metrics
 from gateway.audit import audit_facts
 from gateway.bus_client import GatewayBus, StoredEvent
 from gateway.consumers import last_per_subject
+from gateway.event_stream import EventStreamResponse
 from gateway.passk import DEFAULT_KS
 from gateway.run_schemas import RunAccepted, RunCancelled, RunList, RunSubmission, RunView
 from gateway.run_sse import run_event_stream
@@ -214,7 +214,7 @@ async def run_events(
     token: Annotated[str | None, Query(description="the token from events_url")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     """SSE: every job's `finished`, each followed by `progress`; ends after the last job."""
     caller = stream_principal(request, f"run:{run_id}", token, authorization)
     record = await _owned_run(bus, run_id, caller.tenant)
@@ -224,7 +224,9 @@ async def run_events(
     def finished_view(job: JobRecord, stored: StoredEvent) -> JobView:
         return job_view(job, stored, job_links(base, tokens, job))
 
-    return EventSourceResponse(
+    # Ours, as a job stream's: its frames skip the app's layers, and a stream that loses the
+    # bus ends as a stream (see `gateway.event_stream`).
+    return EventStreamResponse(
         metrics.counted("run", run_event_stream(bus, record, after, finished_view)),
         ping=int(settings.sse_ping_s),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
