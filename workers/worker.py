@@ -53,6 +53,7 @@ from observability import job_id_var
 from observability.tracing import start_as_current_span
 from sandbox import Sandbox
 from workers import metrics
+from workers.bus_backoff import BusBackoff
 from workers.events import AttemptEvents, StaleHistoryError
 from workers.execute import execute
 from workers.history import History, job_history
@@ -121,6 +122,7 @@ class Worker:
         self._nats_settings = nats
         self._sandbox = sandbox
         self._stopping = asyncio.Event()
+        self._backoff = BusBackoff(self._stopping)
         self._busy = 0
         self._running: dict[str, asyncio.Task[JobResult]] = {}  # job id -> its sandbox run
         self._claimed: set[str] = set()  # jobs fetched and not done: a cancel notice is kept
@@ -226,6 +228,7 @@ class Worker:
         turn.set_result(None)
         try:
             while not self._stopping.is_set():
+                await self._backoff.wait()
                 ahead = not turn.done()
                 wait_s = _AHEAD_WAIT_S if ahead else self.settings.fetch_wait_s
                 msg = await self._fetch(puller, wait_s)
@@ -274,8 +277,12 @@ class Worker:
             await self._process(requests, msg, max_attempts, ack_wait_s, turn)
         except Exception:
             # The bus failed before the job ran (NATS restarting, a node lost): the slot
-            # lives on, and the job comes back after its ack wait.
-            log.exception("could not process a job; it will be redelivered")
+            # lives on, and the job comes back, at once if the bus takes the nak, else after
+            # its ack wait.
+            pause_s = self._backoff.failed()
+            log.exception("could not process a job; handed back, next fetch in %.2f s", pause_s)
+            with suppress(Exception):
+                await msg.nak(delay=_NAK_DELAY_S)
         finally:
             turn.release()
 
@@ -403,6 +410,7 @@ class Worker:
             result = await self._run(job, events, started_at)
             turn.release()
             await events.finished(result)
+            self._backoff.worked()
             metrics.record_finished(job, result)
             # Only now: the result is stored. Not waited for: an ack that is lost brings the
             # job back, and the next delivery finds its result stored and acks it.
@@ -417,9 +425,18 @@ class Worker:
             with suppress(Exception):
                 await msg.nak()
             raise
-        except BusUnavailableError:
-            # Without the bus there is nobody to tell; redelivery after ack_wait retries it.
-            log.exception("could not publish the job's events")
+        except BusUnavailableError as exc:
+            # Its result is not stored: it runs again. The JOBS stream may well be up while
+            # EVENTS is not (a cluster electing a leader): hand the job back now, and fetch
+            # no more until the pause is over, so as not to run job after job for nothing.
+            pause_s = self._backoff.failed()
+            log.error(
+                "could not store the job's events (%s); handed back, next fetch in %.2f s",
+                exc,
+                pause_s,
+            )
+            with suppress(Exception):
+                await msg.nak(delay=_NAK_DELAY_S)
         except SupersededError:
             raise  # _process knows whether to read the history and try again
         except Exception:

@@ -237,3 +237,34 @@ async def test_a_job_is_logged_as_it_starts_and_ends(
     ]
     seen = [(r.getMessage(), r.attempt, getattr(r, "verdict", None)) for r in lines]  # type: ignore[attr-defined]
     assert seen == [("job started", 1, None), ("job finished", 1, "accepted")]
+
+
+async def test_a_worker_that_cannot_store_events_hands_jobs_back_and_waits(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EVENTS not taking events (as while a cluster elects its leader) and JOBS still there:
+    the worker does not run job after job whose results it cannot store. It hands each back
+    (a nak, not the ack wait) and fetches again after a pause that doubles per failure; once
+    the stream is back, every job runs to exactly one result."""
+    await ensure_layout(nats_server)
+    async with connected(nats_server, "gateway") as nc:
+        js = nc.jetstream()
+        config = (await js.stream_info(s.EVENTS_STREAM)).config
+        config.subjects = ["crucible.outage.>"]  # no stream takes events: stores get a 503
+        await js.update_stream(config)
+    caplog.set_level(logging.INFO, logger="workers.worker")
+    jobs = [new_job(f"print({number})") for number in range(30)]
+    async with running_worker(nats_server):
+        await enqueue(nats_server, *jobs)
+        await asyncio.sleep(2.0)  # the outage
+        runs = [r for r in caplog.records if r.getMessage() == "job started"]
+        handed_back = [r for r in caplog.records if "handed back, next fetch in" in r.getMessage()]
+        await ensure_layout(nats_server)
+        for job in jobs:
+            await settle(nats_server, job)
+    # Without the pause, all 30 ran (10 ms each) and failed in the outage's first second.
+    assert 1 <= len(runs) <= 10, len(runs)
+    assert len(handed_back) >= len(runs)
+    for job in jobs:
+        events = await stored_events(nats_server, job)
+        assert [e.type for e in events if e.type == "finished"] == ["finished"], job.job_id
