@@ -103,13 +103,14 @@ async def _entries(
             continue  # a job of a submission that failed and was taken back
         done.add(mark.job_id)
         verdicts[mark.verdict.value] += 1
-        progress = _progress(mark.seq, len(done), members.record.total_jobs, verdicts)
+        total = members.record.total_jobs
         final = False
-        if len(done) >= members.record.total_jobs:
+        if len(done) >= total:
             await members.load()  # jobs may have been appended meanwhile
             final = len(done) >= members.record.total_jobs
         if mark.seq < fetch_from_seq and not final:
             continue  # counted; a tail or replay starting later holds no such entry
+        progress = _progress(mark.seq, len(done), total, verdicts)
         entry = RunEntry(mark.seq, mark.job_id, len(progress), final, progress)
         if mark.seq >= fetch_from_seq:
             entry.finished = await bus.event_at(mark.seq)
