@@ -275,12 +275,18 @@ class Worker:
         """Process one job; its turn is released once its sandbox is no longer needed."""
         try:
             await self._process(requests, msg, max_attempts, ack_wait_s, turn)
-        except Exception:
+        except Exception as exc:
             # The bus failed before the job ran (NATS restarting, a node lost): the slot
             # lives on, and the job comes back, at once if the bus takes the nak, else after
             # its ack wait.
             pause_s = self._backoff.failed()
-            log.exception("could not process a job; handed back, next fetch in %.2f s", pause_s)
+            log.error(
+                "could not process a job (%s); handed back, next fetch in %.2f s",
+                exc,
+                pause_s,
+                # A bus that fails is said in a line; anything else gets its traceback.
+                exc_info=not isinstance(exc, BusUnavailableError),
+            )
             with suppress(Exception):
                 await msg.nak(delay=_NAK_DELAY_S)
         finally:
