@@ -279,18 +279,24 @@ class Worker:
             # The bus failed before the job ran (NATS restarting, a node lost): the slot
             # lives on, and the job comes back, at once if the bus takes the nak, else after
             # its ack wait.
-            pause_s = self._backoff.failed()
-            log.error(
-                "could not process a job (%s); handed back, next fetch in %.2f s",
-                exc,
-                pause_s,
-                # A bus that fails is said in a line; anything else gets its traceback.
-                exc_info=not isinstance(exc, BusUnavailableError),
-            )
-            with suppress(Exception):
-                await msg.nak(delay=_NAK_DELAY_S)
+            await self._hand_back(msg, "could not process a job", exc)
         finally:
             turn.release()
+
+    async def _hand_back(self, msg: Msg, failure: str, exc: Exception) -> None:
+        """After the platform failed a job: back to the queue in `_NAK_DELAY_S` (after its
+        ack wait if the bus takes no nak either), and this worker's next fetch paused."""
+        pause_s = self._backoff.failed()
+        log.error(
+            "%s (%s); handed back, next fetch in %.2f s",
+            failure,
+            exc,
+            pause_s,
+            # A bus that fails is said in a line; anything else gets its traceback.
+            exc_info=not isinstance(exc, BusUnavailableError),
+        )
+        with suppress(Exception):
+            await msg.nak(delay=_NAK_DELAY_S)
 
     def _count(self, busy: int) -> None:
         self._busy += busy
@@ -435,14 +441,7 @@ class Worker:
             # Its result is not stored: it runs again. The JOBS stream may well be up while
             # EVENTS is not (a cluster electing a leader): hand the job back now, and fetch
             # no more until the pause is over, so as not to run job after job for nothing.
-            pause_s = self._backoff.failed()
-            log.error(
-                "could not store the job's events (%s); handed back, next fetch in %.2f s",
-                exc,
-                pause_s,
-            )
-            with suppress(Exception):
-                await msg.nak(delay=_NAK_DELAY_S)
+            await self._hand_back(msg, "could not store the job's events", exc)
         except SupersededError:
             raise  # _process knows whether to read the history and try again
         except Exception:
