@@ -504,7 +504,8 @@ class JobProcess:
         return job
 
     def _isolate(self) -> None:
-        """Namespaces of the job's own: mounts, System V IPC, network (a lone loopback)."""
+        """Namespaces of the job's own: mounts (its own /proc and /dev/pts), System V IPC,
+        network (a lone loopback)."""
         _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWNET), "unshare")
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
         # A /proc of this pid namespace only: no other job's processes in it.
@@ -515,6 +516,10 @@ class JobProcess:
                 _mount(path, path, None, _MS_BIND | _MS_REC)
                 flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
                 _mount(None, path, None, flags)
+        # Terminals of its own: bwrap's /dev/pts is the fork server's, shared by every job
+        # it forks, so one job could read and type into a pty another job opened.
+        _mount("devpts", "/dev/pts", "devpts", _MS_NOSUID | _MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620")  # fmt: skip
         self._loopback_up()
 
     def _settle(self) -> None:

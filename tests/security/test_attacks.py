@@ -198,6 +198,42 @@ async def test_concurrent_jobs_cannot_see_each_other(sandbox: Sandbox) -> None:
     assert_blocked(second)
 
 
+async def test_a_job_cannot_reach_another_jobs_terminal(sandbox: Sandbox) -> None:
+    # Job A writes a secret to a pty of its own; job B tries every pty it can see, to read
+    # it and to type into it (what A's program would then read as its input).
+    owner = (
+        "import os, pty, select, time\n"
+        "master, slave = pty.openpty()\n"
+        "os.write(master, b'secret-of-job-a\\n')\n"
+        "print('opened', os.ttyname(slave), flush=True)\n"
+        "time.sleep(3)\n"
+        "typed = os.read(master, 4096) if select.select([master], [], [], 0)[0] else b''\n"
+        "print('typed into A' if b'typed-by-job-b' in typed else 'nothing typed')\n"
+    )
+    prober = PRELUDE + (
+        "import time\n"
+        "time.sleep(1)\n"
+        "read = b''\n"
+        "for name in os.listdir('/dev/pts'):\n"
+        "    if name.isdigit():\n"
+        "        try:\n"
+        "            fd = os.open('/dev/pts/' + name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        time.sleep(0.1)\n"
+        "        try:\n"
+        "            read += os.read(fd, 4096)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "        os.write(fd, b'typed-by-job-b\\n')\n"
+        "verdict(b'secret-of-job-a' in read)"
+    )
+    first, second = await asyncio.gather(run(sandbox, owner), run(sandbox, prober))
+    assert "opened /dev/pts/" in first.stdout, first
+    assert "nothing typed" in first.stdout, first
+    assert_blocked(second)
+
+
 async def test_kill_everything_only_kills_the_job(sandbox: Sandbox) -> None:
     result = await run(
         sandbox, PRELUDE + "import signal\nos.kill(-1, signal.SIGKILL)\nverdict(False)"
