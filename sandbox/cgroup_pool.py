@@ -7,7 +7,11 @@ next job as well: its peak memory, CPU time and failure counts are reset
 (`JobCgroup.reset`), and its caps are set again only when they differ. Nothing of a job
 stays in it that the next could see: a job sees no cgroup file (its cgroup namespace is
 rooted in it and no cgroup filesystem is mounted in the sandbox), and the kernel memory a
-job leaves charged (tens of KiB, measured) only adds that much to the next one's peak.
+job leaves charged (tens of KiB, measured) only adds that much to the next one's peak. A
+job can leave far more (negative dentries from stat()s of names that do not exist, pages of
+files it read: ~100 MB in a few seconds, found by a red-team pass), which would count in the
+next job's peak and could make a smaller memory cap impossible to set (EBUSY): such a cgroup
+is removed instead (its charges go to the parent) and the next job gets a fresh one.
 
 Idle cgroups stay dated recently (`JobCgroup.touch`): `sweep_stale`, run by every worker
 that starts, removes the empty ones dated a minute ago or more, as a dead worker's.
@@ -23,6 +27,9 @@ from sandbox.cgroups import STALE_AFTER_S, JobCgroup, Remover
 # Idle longer than this, a cgroup is removed rather than used again: well within the age at
 # which another worker starting would take it for a dead worker's and sweep it.
 IDLE_MAX_S = STALE_AFTER_S / 3
+# Memory a job may leave charged for its cgroup to serve the next job: a few times what
+# ordinary jobs leave (tens of KiB), far below the smallest cap a job may ask for.
+REUSE_MAX_CHARGED_BYTES = 1024 * 1024
 _IDLE_MAX = 8  # beyond what a fork server's sandboxes use at once: the rest is removed
 
 
@@ -44,6 +51,9 @@ class CgroupPool:
             try:
                 if cgroup.busy:  # its last job's processes are still being torn down
                     self._idle.append((cgroup, since))
+                    continue
+                if cgroup.charged_bytes() > REUSE_MAX_CHARGED_BYTES:
+                    self._remover.remove(cgroup)
                     continue
                 cgroup.reset()
             except FileNotFoundError:

@@ -163,6 +163,10 @@ class JobCgroup:
         """True while any process is in it, a zombie included: not yet free for another job."""
         return _read_int(f"{self.dirs['pids']}/pids.current") > 0
 
+    def charged_bytes(self) -> int:
+        """Memory still charged to it: what its processes left in the kernel's caches."""
+        return _read_int(f"{self.dirs['memory']}/memory.usage_in_bytes")
+
     def reset(self) -> None:
         """Ready it, empty, for another job: its peak memory, CPU time and failures counted
         from now (the OOM kill count cannot be reset: it is counted from here)."""

@@ -278,6 +278,31 @@ async def test_resource_attacks_end_in_their_verdict(
     assert result.verdict is verdict, result
 
 
+async def test_memory_a_job_leaves_in_the_kernel_does_not_burden_later_jobs(
+    sandbox: Sandbox,
+) -> None:
+    # Negative dentries (stat()s of names that do not exist) stay charged to the memory
+    # cgroup that made them after the job is gone: ~100 MB in a couple of seconds.
+    hoarder = (
+        "import os, time\n"
+        "end, n = time.monotonic() + 2.5, 0\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        os.stat(f'/usr/lib/crucible-absent-name-of-some-length-{n}')\n"
+        "    except FileNotFoundError:\n"
+        "        pass\n"
+        "    n += 1\n"
+        "print('stats', n)\n"
+    )
+    for _ in range(2):
+        assert "stats" in (await run(sandbox, hoarder, wall_time_s=10)).stdout
+    # Whichever sandbox the next jobs get: each must get its whole cap, and only its own peak.
+    for _ in range(4):
+        result = await run(sandbox, "print('small')", memory_mb=32)
+        assert result.verdict is Verdict.ACCEPTED, result
+        assert result.memory_peak_mb < 16, result
+
+
 async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched(sandbox: Sandbox) -> None:
     before = os.statvfs("/").f_bavail
     code = PRELUDE + (
