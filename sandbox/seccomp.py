@@ -73,7 +73,24 @@ DENIED_SYSCALLS = (
     "nfsservctl",
     "uselib",
     "personality",
+    # Watching files the jobs share with the host and each other (the read-only system dirs)
+    # tells a job what other jobs and the host open; inotify's instances are also counted
+    # per uid, which every job shares.
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "fanotify_init",
+    "fanotify_mark",
+    # POSIX message queues: their bytes are counted per uid too, so one job could use up
+    # every other job's.
+    "mq_open",
+    # Rarely used, and only kernel attack surface to a job.
+    "modify_ldt",
+    "memfd_secret",
 )
+# Socket families refused: vsock reaches the virtual machine's host whatever the network
+# namespace (it is not one of the families a namespace confines).
+DENIED_SOCKET_FAMILIES = (40,)  # AF_VSOCK
 # Namespace flags that clone() must not carry; unshare() is refused outright above.
 _CLONE_NAMESPACES = (
     0x10000000  # CLONE_NEWUSER
@@ -106,6 +123,8 @@ def _program(zygote: bool = False) -> bytes:
         rules.add_rule(
             seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
         )
+    for family in DENIED_SOCKET_FAMILIES:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.EQ, family))
     # clone3 passes its flags in memory, out of a filter's sight: ENOSYS makes libc fall
     # back to clone(), whose flags the rules above can see.
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
@@ -150,5 +169,14 @@ def docker_profile() -> str:
             "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
         }
         for flag in namespace_flags
+    ]
+    rules += [
+        {
+            "names": ["socket"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": errno.EPERM,
+            "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}],
+        }
+        for family in DENIED_SOCKET_FAMILIES
     ]
     return json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})
