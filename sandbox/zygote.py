@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import fcntl
 import json
 import os
 import select
@@ -81,10 +82,18 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
+_SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
 def _read_only_stdin(stdin: str) -> int:
-    """The job's stdin as a file it can read and seek but never write."""
-    writable = _memfd("crucible-stdin", stdin.encode())
+    """The job's stdin as a file it can read and seek but never write: sealed, since the
+    job (uid 65534, which an unmapped owner shows as) could open it again for writing."""
+    writable = os.memfd_create("crucible-stdin", os.MFD_ALLOW_SEALING)
     try:
+        data = stdin.encode()
+        while data:
+            data = data[os.write(writable, data) :]
+        fcntl.fcntl(writable, fcntl.F_ADD_SEALS, _SEALED)
         return os.open(f"/proc/self/fd/{writable}", os.O_RDONLY)
     finally:
         os.close(writable)

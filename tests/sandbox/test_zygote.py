@@ -444,3 +444,21 @@ def test_a_sandbox_dropped_unclosed_leaves_no_process_or_cgroup_behind() -> None
         time.sleep(0.05)  # the last job's cgroup goes in the remover's thread
     assert _cgroups() - before == set()
     assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+
+
+async def test_a_job_cannot_rewrite_its_stdin(forked: BwrapSandbox) -> None:
+    # Its stdin is a memfd, which the job's uid may open again by /proc: sealed, a write fails.
+    code = (
+        "import os, sys\n"
+        "try:\n"
+        "    fd = os.open('/proc/self/fd/0', os.O_RDWR)\n"
+        "    os.pwrite(fd, b'rewritten', 0)\n"
+        "    print('wrote')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+        "print(repr(os.pread(0, 100, 0)))\n"
+    )
+    result = await run(forked, code, stdin="the job's input\n")
+    assert result.verdict is Verdict.ACCEPTED, result
+    assert "wrote" not in result.stdout, result
+    assert "the job's input" in result.stdout, result
