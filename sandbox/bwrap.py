@@ -186,6 +186,22 @@ def _argv(
     ]
 
 
+def _announced(command: list[str], started_fd: int) -> list[str]:
+    """`command`, once the sandbox is built: first a byte on `started_fd`, which it then
+    closes, so that the program never holds it (bash: dash's redirections take one digit)."""
+    announce = f'printf R >&{started_fd} && exec {started_fd}>&- && exec "$@"'
+    return ["/usr/bin/bash", "--noprofile", "--norc", "-c", announce, "crucible", *command]
+
+
+def _said_started(started_fd: int) -> bool:
+    """Whether the sandbox said it was built (read once its process has ended)."""
+    os.set_blocking(started_fd, False)
+    try:
+        return os.read(started_fd, 1) == b"R"
+    except BlockingIOError:
+        return False
+
+
 def _dir_sizes(limits: ExecLimits) -> DirSizes:
     return DirSizes(disk_mb=limits.disk_mb, shm_mb=min(_SHM_MB, limits.disk_mb))
 
@@ -349,6 +365,8 @@ class BwrapSandbox:
         phase_write: int | None = None
         if runtime.compiled:
             phase_read, phase_write = os.pipe()
+        started_read, started_fd = os.pipe()
+        started_write: int | None = started_fd
         cgroup: JobCgroup | None = None
         try:
             for fd, content in contents.items():
@@ -357,21 +375,38 @@ class BwrapSandbox:
             compile_limits = COMPILE_LIMITS if runtime.compiled else None
             widest = _widest(spec.limits, compile_limits)
             cgroup = JobCgroup.create(spec.job_id, widest)
-            inner = runtime.argv(spec.args, phase_write)
+            inner = _announced(runtime.argv(spec.args, phase_write), started_fd)
             command = Command(
                 argv=_argv(widest, file_args, filter_fd, inner),
                 env={"CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files))},
-                pass_fds=[*contents, filter_fd, *([phase_write] if phase_write else [])],
+                pass_fds=[
+                    *contents,
+                    filter_fd,
+                    started_fd,
+                    *([phase_write] if phase_write else []),
+                ],
             )
             process = await _spawn_whole(command, cgroup)
+            os.close(started_fd)  # only the sandbox holds it now
+            started_write = None
             phase, phase_read = phase_read, None  # execute() owns it now
             return await execute(
-                process, spec.stdin, spec.limits, cgroup, on_output, compile_limits, phase
+                process,
+                spec.stdin,
+                spec.limits,
+                cgroup,
+                on_output,
+                lambda: _said_started(started_read),
+                compile_limits,
+                phase,
             )
         finally:
             for leftover in (*contents, filter_fd, phase_read, phase_write):
                 if leftover is not None:
                     os.close(leftover)
+            os.close(started_read)
+            if started_write is not None:
+                os.close(started_write)
             if cgroup is not None:
                 await cgroup.kill()  # a start cancelled half-way may have left a process in it
                 cgroup.remove()

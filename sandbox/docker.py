@@ -313,7 +313,8 @@ class DockerSandbox:
             cpu_time_s=cpu_time_s,
             memory_peak_mb=usage.memory_peak_mb,
         )
-        signal_number = code - _SIGNAL_BASE if code is not None and code > _SIGNAL_BASE else None
+        killed = code is not None and code != SETUP_FAILED and code > _SIGNAL_BASE
+        signal_number = code - _SIGNAL_BASE if killed and code is not None else None
         name = _signal_name(signal_number)
 
         def result(verdict: Verdict, reason: str | None = None) -> ExecResult:

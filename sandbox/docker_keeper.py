@@ -39,7 +39,10 @@ TOKEN_BYTES = 32  # hex digits of the token, after the bundle
 MARK = b"\0"  # then the token, then the status in STATUS_DIGITS digits
 STATUS_DIGITS = 3
 READY = b"crucible keeper ready\n"  # on stdout once, before any job: the container is warm
-SETUP_FAILED = 125  # the program could not even be forked
+# The step never got to its program (no fork, or its set-up failed): a status no program
+# can have (0-255, or 128 + N for signal N), so that no job can claim it.
+SETUP_FAILED = 999
+_STARTED = b"R"  # the forked child's word, on a pipe of the keeper's, that the program starts
 _SIGNAL_BASE = 128  # a program killed by signal N is reported as 128 + N, as shells do
 _PR_SET_DUMPABLE = 4
 
@@ -54,14 +57,18 @@ def _read_exactly(size: int) -> bytes:
     return data
 
 
-def _become_program(bundle: dict[str, Any], python_main: types.ModuleType) -> NoReturn:
-    """In the forked child: set the step up and run its program; a failure is exit 1."""
+def _become_program(
+    bundle: dict[str, Any], python_main: types.ModuleType, started: int
+) -> NoReturn:
+    """In the forked child: set the step up, say so on `started` (closed before the program
+    runs), and run its program; a failure to set up is exit 1, told by no word on `started`."""
     try:
         # RLIMIT_CPU is per process: SIGXCPU at the soft limit, SIGKILL a second later; the
         # wall clock is enforced from outside, and the cgroup's CPU time read after.
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CPU, (bundle["cpu_s"], bundle["cpu_s"] + 1))
-        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        os.closerange(3, started)
+        os.closerange(started + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name, content in bundle["files"].items():
             parent = os.path.dirname(name)
             if parent:
@@ -81,6 +88,7 @@ def _become_program(bundle: dict[str, Any], python_main: types.ModuleType) -> No
             # What pid 1 ignores, a program must not inherit ignored (exec keeps SIG_IGN).
             for number in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(number, signal.SIG_DFL)
+            os.write(started, _STARTED)  # close-on-exec: the program never holds it
             os.execve(bundle["argv"][0], bundle["argv"], bundle["env"])
         # A Python job in this interpreter, already started with the job's flags: as a
         # fresh one, it has KeyboardInterrupt on SIGINT, the job's environment, and is dumpable.
@@ -89,6 +97,8 @@ def _become_program(bundle: dict[str, Any], python_main: types.ModuleType) -> No
         os.environ.update(bundle["env"])
         _prctl(_PR_SET_DUMPABLE, 1)
         argv, entry = bundle["argv"], bundle["entry"]
+        os.write(started, _STARTED)
+        os.close(started)
         python_main.run_as_main(os.path.join(WORK_DIR, entry), argv[argv.index(entry) + 1 :])
     except BaseException:
         # The interpreter's own printer: importing `traceback` would slow every keeper's start.
@@ -148,15 +158,21 @@ def main() -> NoReturn:
     os.write(1, READY)
     while True:
         bundle = marshal.loads(_read_exactly(int(_read_exactly(HEADER_DIGITS))))
+        said, started = os.pipe2(os.O_CLOEXEC)
         try:
             program = os.fork()
         except OSError:
             program = -1
         if program == 0:
-            _become_program(bundle, python_main)
+            os.close(said)
+            _become_program(bundle, python_main, started)
+        os.close(started)
         token = _read_exactly(TOKEN_BYTES)  # after the fork: the program never had it
         status = SETUP_FAILED if program < 0 else _wait_for(program)
-        _kill_the_rest()
+        _kill_the_rest()  # after which nothing holds the pipe's other end
+        if os.read(said, 1) != _STARTED:
+            status = SETUP_FAILED
+        os.close(said)
         _mark(token, status)
 
 

@@ -3,6 +3,11 @@
 A compiled language runs in two phases in one sandbox: the compiler under the compile
 limits, then the program under the job's. The wrapper reports the switch by writing a byte
 to a pipe (`phase_fd`), which it closes before the program starts.
+
+Whether the sandbox was built is said the same way, by the sandbox and never by the job
+(`started`): a program's own exit status is only ever the program's. A status alone cannot
+tell: a job that exits 125, or writes "bwrap: " and exits 1, would otherwise be reported
+as the platform failing (`internal_error`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +28,6 @@ from sandbox.pipe_reader import PipeReader
 _CPU_POLL_S = 0.05
 _DRAIN_TIMEOUT_S = 5.0
 SETUP_FAILED = 125  # our entry shell could not join the cgroup or set rlimits
-_BWRAP_FAILED = 1  # bwrap's own status when it could not build the sandbox
 _SIGNAL_BASE = 128  # bwrap reports a program killed by signal N as status 128 + N
 
 
@@ -107,10 +111,14 @@ async def execute(
     limits: ExecLimits,
     cgroup: JobCgroup,
     on_output: OutputSink,
+    started: Callable[[], bool],
     compile_limits: ExecLimits | None = None,
     phase_fd: int | None = None,
 ) -> ExecResult:
-    """Run the started `process` (already in `cgroup`) to its end, streaming its output."""
+    """Run the started `process` (already in `cgroup`) to its end, streaming its output.
+
+    `started`, asked once the process has ended: whether its sandbox was built and the
+    program (or its compiler) began; if not, the platform failed, whatever the status."""
     assert process.stdout and process.stderr
     output = OutputCollector(on_output, limits.output_bytes)
     readers = [
@@ -176,6 +184,7 @@ async def execute(
     cpu_time_s = cgroup.cpu_time_s() - phase.cpu_base_s
     return _result(
         returncode=process.returncode,
+        started=started(),
         compiling=phase.compiling,
         wall_exceeded=not done,
         cpu_exceeded=cpu in done or cpu_time_s >= phase.limits.cpu_time_s,
@@ -188,6 +197,7 @@ async def execute(
 
 def _result(
     returncode: int | None,
+    started: bool,
     compiling: bool,
     wall_exceeded: bool,
     cpu_exceeded: bool,
@@ -221,7 +231,12 @@ def _result(
 
     if output.overflowed.is_set():
         return result(Verdict.OUTPUT_LIMIT_EXCEEDED, "output limit exceeded")
-    if code == SETUP_FAILED or (code == _BWRAP_FAILED and measured.stderr.startswith("bwrap: ")):
+    if not started:
+        # Its own files can fill its memory or disk before it starts: that is the job's.
+        if cgroup.oom_killed():
+            return result(Verdict.MEMORY_LIMIT_EXCEEDED, "memory limit exceeded")
+        if wall_exceeded:
+            return result(Verdict.TIME_LIMIT_EXCEEDED, "wall time limit exceeded")
         reason = f"the sandbox could not start: {measured.stderr.strip()}"
         return result(Verdict.INTERNAL_ERROR, reason)
     if compiling:

@@ -129,7 +129,9 @@ class ForkServer:
         try:
             cgroup.apply(spec.limits)
             process = await sandbox.start(job, spec.stdin)
-            result = await execute(process, spec.stdin, spec.limits, cgroup, on_output)
+            result = await execute(
+                process, spec.stdin, spec.limits, cgroup, on_output, process.started
+            )
             if not process.reported and result.verdict is Verdict.RUNTIME_ERROR:
                 # Killed without a word, by none of the limits: if the fork server is going
                 # too, its death took the job with it (its processes die before it does).

@@ -135,12 +135,21 @@ class ZygoteProcess:
 
     stdin = None  # handed over whole at the start
 
-    def __init__(self, sock: socket.socket, output: Output) -> None:
+    def __init__(self, sock: socket.socket, job_sock: socket.socket, output: Output) -> None:
         self.stdout = output.stdout
         self.stderr = output.stderr
         self._output = output
+        self._job_sock = job_sock
         self._status = asyncio.create_task(self._read_status(sock))
         self.reported = False  # True once the zygote said how the job ended
+
+    def started(self) -> bool:
+        """Whether the job's process got as far as its program (asked once it has ended):
+        it says so on the job's socket, which it closes before the program starts."""
+        try:
+            return b"R" in self._job_sock.recv(16)
+        except OSError:  # BlockingIOError included: it never said
+            return False
 
     @property
     def returncode(self) -> int | None:
@@ -177,6 +186,7 @@ class ZygoteProcess:
     def close(self) -> None:
         self._status.cancel()
         self._output.close()
+        self._job_sock.close()
 
 
 class ReadySandbox:
@@ -215,13 +225,14 @@ class ReadySandbox:
         except BaseException as exc:
             sock.close()
             output.close()
+            self._job_sock.close()
             if isinstance(exc, OSError):
                 raise ZygoteGoneError(f"the job's process is gone: {exc!r}") from exc
             raise
         finally:
             os.close(stdin_fd)
-            self._job_sock.close()  # what was sent stays readable
-        return ZygoteProcess(sock, output)
+        # The job's socket stays open: the job's process says on it that its program starts.
+        return ZygoteProcess(sock, self._job_sock, output)
 
     def discard(self) -> None:
         """Let the sandbox go without a job (its process exits when its socket closes)."""

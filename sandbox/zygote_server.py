@@ -458,6 +458,7 @@ class JobProcess:
         """The job to run, in this process, its sandbox built: all of it but the job first,
         so that nothing of the job runs, or is read, outside its cgroup, or in a process that
         holds a capability."""
+        errors = self.stdio[-1]  # the job's stderr, where a failure to set it up is told
         try:
             self.sock.sendall(b"P")  # the kernel adds our pid; the worker moves us into the cgroup
             self._isolate()
@@ -465,26 +466,32 @@ class JobProcess:
             self._drop_privileges()
             spec = self._receive_job()
             self._write_files(spec)
+            for target, fd in enumerate(self.stdio):
+                os.dup2(fd, target)
+            errors = 2
+            # Every descriptor but the job's socket, which goes last: below.
+            os.closerange(self.sock.fileno() + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            threading._after_fork.__code__ = self.zygote.after_fork  # type: ignore[attr-defined]
+            # As python3 starts: SIGINT raises KeyboardInterrupt, a child's exit is the job's
+            # to wait for (SIGPIPE and SIGXFSZ stay ignored).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
+            for limit, value in (
+                (resource.RLIMIT_CORE, 0),
+                (resource.RLIMIT_NOFILE, spec["nofile"]),
+                (resource.RLIMIT_CPU, spec["cpu_s"]),
+                (resource.RLIMIT_FSIZE, spec["file_bytes"]),
+            ):
+                resource.setrlimit(limit, (value, value))
+            # Built: from here on, how this process ends is the program's doing (a status
+            # alone could not say, as a program may exit with any).
+            self.sock.sendall(b"R")
         except Exception:  # a sandbox or job that cannot be set up: the worker is told why
-            os.write(self.stdio[-1], traceback.format_exc().encode())
+            with suppress(OSError):
+                os.write(errors, traceback.format_exc().encode())
             os._exit(_SETUP_FAILED)
         self.sock.close()
-        for target, fd in enumerate(self.stdio):
-            os.dup2(fd, target)
-        os.closerange(_FIRST_KEPT_FD, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        threading._after_fork.__code__ = self.zygote.after_fork  # type: ignore[attr-defined]
-        # As python3 starts: SIGINT raises KeyboardInterrupt, a child's exit is the job's to
-        # wait for (SIGPIPE and SIGXFSZ stay ignored).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
-        for limit, value in (
-            (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NOFILE, spec["nofile"]),
-            (resource.RLIMIT_CPU, spec["cpu_s"]),
-            (resource.RLIMIT_FSIZE, spec["file_bytes"]),
-        ):
-            resource.setrlimit(limit, (value, value))
         return _Job(spec["entry"], spec["args"])
 
     def _receive_job(self) -> dict[str, Any]:

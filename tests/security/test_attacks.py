@@ -329,6 +329,41 @@ async def test_memory_a_job_leaves_in_the_kernel_does_not_burden_later_jobs(
         assert result.memory_peak_mb < 16, result
 
 
+@pytest.mark.parametrize(
+    ("language", "code", "exit_code"),
+    [
+        ("python", "import sys\nsys.exit(125)", 125),
+        ("python", "import sys\nsys.stderr.write('bwrap: Can\\'t mount\\n')\nsys.exit(1)", 1),
+        ("bash", "exit 125", 125),
+        ("bash", "echo 'bwrap: Creating new namespace failed' >&2; exit 1", 1),
+    ],
+    ids=["python-125", "python-bwrap-words", "bash-125", "bash-bwrap-words"],
+)
+async def test_a_job_cannot_pass_its_failure_off_as_the_platforms(
+    sandbox: Sandbox, language: str, code: str, exit_code: int
+) -> None:
+    # The statuses and words our own set-up uses when it fails: from a job, they are its own.
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    result = await sandbox.run(ExecSpec(job_id="j-blame", language=language, code=code), ignore)
+    assert result.verdict is Verdict.RUNTIME_ERROR, result
+    assert result.exit_code == exit_code, result
+
+
+async def test_a_sandbox_that_cannot_be_set_up_is_the_platforms_failure(sandbox: Sandbox) -> None:
+    # Files that cannot both exist (`a` and `a/b`): writing them fails before the program.
+    async def ignore(chunk: OutputChunk) -> None:
+        pass
+
+    spec = ExecSpec(
+        job_id="j-setup", language="python", code="print('ran')", files={"a": "x", "a/b": "y"}
+    )
+    result = await sandbox.run(spec, ignore)
+    assert result.verdict is Verdict.INTERNAL_ERROR, result
+    assert "ran" not in result.stdout, result
+
+
 async def test_disk_fill_stops_at_the_cap_and_the_host_disk_is_untouched(sandbox: Sandbox) -> None:
     before = os.statvfs("/").f_bavail
     code = PRELUDE + (
