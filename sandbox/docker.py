@@ -28,7 +28,7 @@ from sandbox.base import register
 from sandbox.docker_attach import Attached, EndMark
 from sandbox.docker_keeper import HEADER_DIGITS, SETUP_FAILED, TOKEN_BYTES
 from sandbox.docker_pool import WORK_DIR, ContainerPool, DockerSettings, memory_limit
-from sandbox.docker_usage import Usage
+from sandbox.docker_usage import Usage, reset_peak
 from sandbox.errors import SandboxUnavailableError
 from sandbox.files import check_file_names
 from sandbox.models import (
@@ -193,7 +193,21 @@ class DockerSandbox:
                         "reason": reason or "compilation failed",
                     }
                 )
-            await self._set_memory(attached, spec.limits.memory_mb)
+            try:
+                await self._set_memory(attached, spec.limits.memory_mb)
+            except docker.errors.APIError as exc:
+                if "current usage" not in str(exc):
+                    raise
+                # What the compiler left (the binary, in the tmpfs) already holds more than
+                # the program may use, and cannot be reclaimed: the job's, not the platform's.
+                return self._result(built, output, spec.limits).model_copy(
+                    update={
+                        "verdict": Verdict.MEMORY_LIMIT_EXCEEDED,
+                        "reason": "the compiled program does not fit in the memory limit",
+                        "exit_code": None,
+                    }
+                )
+            reset_peak(attached.container.id)
             files, argv = {}, [BINARY, *spec.args]
         # A Python job runs in the keeper's started interpreter, in the process forked for it.
         entry = runtime.entry_file if runtime.forkable else None

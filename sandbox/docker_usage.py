@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,3 +54,9 @@ def memory_now_mb(container_id: str) -> float:
         return int((_memory_dir(container_id) / "memory.usage_in_bytes").read_text()) / _MIB
     except (OSError, ValueError):
         return 0.0
+
+
+def reset_peak(container_id: str) -> None:
+    """Count the memory peak from now (a compiler's is not the program's); no-op if remote."""
+    with suppress(OSError):  # a remote engine's cgroups are not ours to write
+        (_memory_dir(container_id) / "memory.max_usage_in_bytes").write_text("0")

@@ -303,3 +303,27 @@ async def test_a_python_job_in_the_keepers_interpreter_reads_as_python3s(
     assert (worded.exit_code, worded.stderr) == (1, "bye\n")
     interrupted = await run(pooled, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)")
     assert "KeyboardInterrupt" in interrupted.stderr and interrupted.signal == "SIGINT"
+
+
+_BIG_C = (
+    "#include <stdio.h>\n"
+    "char big[30 << 20] = {1};  /* 30 MB of initialised data: in the binary */\n"
+    'int main(int argc, char **argv) { printf("%d\\n", big[argc * 1000]); return 0; }\n'
+)
+
+
+async def test_a_binary_bigger_than_the_memory_limit_is_the_jobs_failure(
+    pooled: DockerSandbox,
+) -> None:
+    # The binary sits in the container's tmpfs, charged to its memory, where the engine
+    # cannot lower the limit below it after the compile step.
+    spec = ExecSpec(job_id="j-big", language="c", code=_BIG_C, limits=ExecLimits(memory_mb=16))
+    result = await pooled.run(spec, ignore)
+    assert result.verdict is Verdict.MEMORY_LIMIT_EXCEEDED, result
+
+
+async def test_a_compiled_programs_peak_is_its_own_not_the_compilers(pooled: DockerSandbox) -> None:
+    # Compiling 30 MB of data peaks at ~100 MB; the program holds its ~30 MB binary and a page.
+    result = await pooled.run(ExecSpec(job_id="j-peak", language="c", code=_BIG_C), ignore)
+    assert result.verdict is Verdict.ACCEPTED, result
+    assert result.memory_peak_mb < 70, result
