@@ -91,6 +91,9 @@ DENIED_SYSCALLS = (
 # Socket families refused: vsock reaches the virtual machine's host whatever the network
 # namespace (it is not one of the families a namespace confines).
 DENIED_SOCKET_FAMILIES = (40,)  # AF_VSOCK
+# prlimit64 on another process (its first argument a pid, not 0 for itself): the kernel lets
+# a process of the same uid change another's limits, dumpable or not, so a job could lower
+# those of the Docker keeper or of its namespace's init and have the kernel kill it.
 # Namespace flags that clone() must not carry; unshare() is refused outright above.
 _CLONE_NAMESPACES = (
     0x10000000  # CLONE_NEWUSER
@@ -125,6 +128,7 @@ def _program(zygote: bool = False) -> bytes:
         )
     for family in DENIED_SOCKET_FAMILIES:
         rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.EQ, family))
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0))
     # clone3 passes its flags in memory, out of a filter's sight: ENOSYS makes libc fall
     # back to clone(), whose flags the rules above can see.
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
@@ -179,4 +183,12 @@ def docker_profile() -> str:
         }
         for family in DENIED_SOCKET_FAMILIES
     ]
+    rules.append(
+        {
+            "names": ["prlimit64"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": errno.EPERM,
+            "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_NE"}],
+        }
+    )
     return json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})

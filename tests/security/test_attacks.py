@@ -78,6 +78,17 @@ SYSCALL_ATTACKS = {
     "mq-open": "verdict(libc.mq_open(b'/crucible-q', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0)",
     "modify-ldt": "verdict(syscall(154, 0, 0, 0)[1] != errno.EPERM)",
     "memfd-secret": "verdict(syscall(447, 0)[0] >= 0)",
+    # Another process's limits (here pid 1: the Docker keeper, a namespace's init), set to
+    # what they are: a change would let the kernel kill it at a limit the job chose.
+    "prlimit-of-pid-1": (
+        "import resource\n"
+        "try:\n"
+        "    now = resource.prlimit(1, resource.RLIMIT_NOFILE)\n"
+        "    resource.prlimit(1, resource.RLIMIT_NOFILE, now)\n"
+        "    verdict(True)\n"
+        "except OSError:\n"
+        "    verdict(False)"
+    ),
     # The 32-bit ABIs, which a filter written for x86_64's syscall numbers might not see:
     # in a child, which the filter kills; ESCAPED only if unshare worked there.
     "i386-int80-unshare": "verdict(in_child(int80_unshare_newuser))",
