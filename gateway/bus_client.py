@@ -255,7 +255,10 @@ class GatewayBus:
             return None
         if entry.value is None:
             return None
-        record = JobRecord.model_validate_json(entry.value)
+        try:
+            record = JobRecord.model_validate_json(entry.value)
+        except ValidationError:
+            return None  # a page of a run's records shares the bucket: its id is no job's
         self._records.add(record)
         return record
 

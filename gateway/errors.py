@@ -3,10 +3,14 @@
 Both say that nothing was stored and when to retry (`Retry-After`), so clients can back off.
 """
 
+import json
+import math
 from typing import Any
 
 import nats.errors
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -44,7 +48,42 @@ NATS_UNAVAILABLE = (
 )
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with what the client sent made printable: a NaN, or a lone surrogate
+    (valid JSON, not valid Unicode), would make the error itself fail to encode (a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors()), default=repr))
+    return JSONResponse(
+        {"detail": _printable(errors)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
+
+
+async def _not_unicode(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {
+            "detail": f"the request holds text that is not valid Unicode ({exc.__class__.__name__}: "
+            f"{_printable(str(exc))}); send UTF-8 without lone surrogates"
+        },
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+def _printable(value: Any) -> Any:
+    """`value` with non-finite numbers as text and lone surrogates escaped."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, dict):
+        return {_printable(key): _printable(item) for key, item in value.items()}
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(UnicodeEncodeError, _not_unicode)
     app.add_exception_handler(BusUnavailableError, _bus_unavailable)
     for error in NATS_UNAVAILABLE:
         app.add_exception_handler(error, _bus_unavailable)

@@ -39,6 +39,7 @@ from gateway.security import (
     resume_position,
     stream_principal,
 )
+from gateway.validation import check_metadata
 from gateway.views import job_links, job_view
 from observability import current_trace_id
 
@@ -93,6 +94,7 @@ async def submit_run(
     tokens: TokensDep,
 ) -> RunAccepted:
     """Queue up to 10,000 jobs as one run; append more with `POST /v1/runs/{id}/jobs`."""
+    check_metadata(body.metadata, settings)
     run_id = new_run_id()
     facts = audit_facts(request)
     facts.run_id, facts.jobs = run_id, len(body.jobs)

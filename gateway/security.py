@@ -85,7 +85,8 @@ def resume_position(header: str | None, query: str | None) -> int | None:
     value = header if header is not None else query
     if value is None:
         return None
-    if not value.strip().isdigit():
+    # ASCII only: isdigit() also takes digits such as '²' that int() refuses.
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"Last-Event-ID must be an event id from this stream (a number >= "

@@ -39,6 +39,8 @@ class GatewaySettings(BaseSettings):
     max_code_bytes: int = Field(1024 * 1024, gt=0)
     max_stdin_bytes: int = Field(1024 * 1024, gt=0)
     max_files: int = Field(64, ge=0)
+    # A job's or run's metadata, as JSON: records live in the gateway's caches and in NATS.
+    max_metadata_bytes: int = Field(16 * 1024, gt=0)
     max_cases: int = Field(1000, ge=1)  # test cases per job
     ceilings: LimitCeilings = Field(default_factory=LimitCeilings)
     default_limits: Limits = Field(default_factory=Limits)

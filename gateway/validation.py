@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+import orjson
 from fastapi import HTTPException, status
+from pydantic import JsonValue
 
 from bus import JobSpec, Limits
 from gateway.settings import GatewaySettings
@@ -65,8 +67,24 @@ def with_default_limits(spec: JobSpec, settings: GatewaySettings) -> JobSpec:
     return spec.model_copy(update={"limits": settings.default_limits})
 
 
+def check_metadata(metadata: dict[str, JsonValue], settings: GatewaySettings) -> None:
+    """413 for metadata larger, as JSON, than the gateway keeps."""
+    if metadata:
+        try:
+            size = len(orjson.dumps(metadata))
+        except orjson.JSONEncodeError as exc:
+            raise _unprocessable(f"metadata cannot be stored as JSON: {exc}") from exc
+        if size > settings.max_metadata_bytes:
+            raise _too_large("metadata", size, settings.max_metadata_bytes)
+
+
 def check_spec(spec: JobSpec, settings: GatewaySettings) -> None:
     """Raise the HTTP error that tells the client what to fix; return when the spec is fine."""
+    check_metadata(spec.metadata, settings)
+    # Text that JSON allows and UTF-8 does not (a lone surrogate) could not be sent on: the
+    # UnicodeEncodeError is a 422 (gateway/errors.py). Code, stdin and files are encoded below.
+    for text in (*spec.args, *spec.files, spec.expected_stdout or ""):
+        text.encode()
     code_bytes = len(spec.code.encode())
     if code_bytes > settings.max_code_bytes:
         raise _too_large("code", code_bytes, settings.max_code_bytes)

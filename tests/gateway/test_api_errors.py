@@ -124,3 +124,52 @@ def test_bad_last_event_id_gets_422(stack: Stack) -> None:
     accepted = submit(stack, OK_SPEC)
     response = httpx.get(accepted["events_url"], headers={"Last-Event-ID": "abc"})
     assert response.status_code == 422 and "Last-Event-ID" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"language": "python", "code": "x", "limits": {"wall_time_s": NaN}}', "wall_time_s"),
+        (b'{"language": "python", "code": "print(1)\\ud800"}', "Unicode"),
+        (b'{"language": "python", "code": "x", "args": ["\\ud800"]}', "Unicode"),
+        (b'{"language": "python", "code": "x", "metadata": {"k": "\\ud800"}}', "metadata"),
+    ],
+    ids=["nan-limit", "surrogate-code", "surrogate-arg", "surrogate-metadata"],
+)
+def test_json_that_is_not_valid_data_gets_422_not_500(
+    stack: Stack, raw: bytes, fragment: str
+) -> None:
+    # Python's JSON takes NaN and lone surrogates (\ud800); neither can be stored or sent on.
+    response = httpx.post(
+        f"{stack.url}/v1/jobs",
+        content=raw,
+        headers={**stack.headers(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
+
+
+def test_metadata_beyond_the_cap_gets_413_for_jobs_and_runs(stack: Stack) -> None:
+    big = {"notes": "x" * (17 * 1024)}
+    assert post(stack, {**OK_SPEC, "metadata": big}).status_code == 413
+    run = httpx.post(
+        f"{stack.url}/v1/runs", json={"jobs": [OK_SPEC], "metadata": big}, headers=stack.headers()
+    )
+    assert run.status_code == 413 and "metadata" in run.json()["detail"], run.text
+
+
+def test_a_last_event_id_of_unicode_digits_gets_422(stack: Stack) -> None:
+    accepted = submit(stack, OK_SPEC)
+    response = httpx.get(accepted["events_url"] + "&last_event_id=%C2%B2")
+    assert response.status_code == 422, response.text
+
+
+def test_a_run_records_page_id_is_no_job(stack: Stack) -> None:
+    # A run's job ids are its page's id and an index; the page's own id names no job.
+    run = httpx.post(f"{stack.url}/v1/runs", json={"jobs": [OK_SPEC]}, headers=stack.headers())
+    assert run.status_code == 202, run.text
+    job_id = run.json()["job_ids"][0] if "job_ids" in run.json() else None
+    assert job_id is not None, run.text
+    page_id = job_id.rsplit("-", 1)[0]
+    response = httpx.get(f"{stack.url}/v1/jobs/{page_id}", headers=stack.headers())
+    assert response.status_code == 404, response.text
