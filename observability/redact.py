@@ -13,8 +13,11 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-# At a query's start too: url.query holds the query alone, without its `?`.
-_SECRET_PARAM = re.compile(r"((?:^|[?&])token=)[^&#\s\"]*")
+# At a query's start too: url.query holds the query alone, without its `?`. Any letter of the
+# name may come percent-encoded (`%74oken=` is `token=` to the gateway as well).
+_SECRET_PARAM = re.compile(
+    r"((?:^|[?&])(?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&#\s\"]*", re.IGNORECASE
+)
 _REDACTED = r"\1REDACTED"
 # The attributes that hold a request's query string, in the old and the stable conventions.
 _URL_ATTRIBUTES = ("http.url", "url.full", "url.query", "http.target")
@@ -36,7 +39,8 @@ class RedactUrls(logging.Filter):
 
 def redact_span_urls(span: Span, scope: dict[str, Any]) -> None:
     """A server span's request hook: its URL attributes without the stream token's value."""
-    if not span.is_recording() or b"token=" not in scope.get("query_string", b""):
+    query = scope.get("query_string", b"").decode("latin-1")
+    if not span.is_recording() or not _SECRET_PARAM.search(query):
         return
     attributes = getattr(span, "attributes", None) or {}  # the SDK's spans expose theirs
     for key in _URL_ATTRIBUTES:

@@ -16,6 +16,9 @@ from observability.redact import RedactUrls, redact_url
         ("/e?last_event_id=4&token=a.b&x=1", "/e?last_event_id=4&token=REDACTED&x=1"),
         ("/e?notoken=keep&mytoken=keep", "/e?notoken=keep&mytoken=keep"),
         ("/v1/jobs/j-1", "/v1/jobs/j-1"),
+        # Percent-encoded letters name the same parameter to the gateway.
+        ("/e?%74oken=s3cret", "/e?%74oken=REDACTED"),
+        ("/e?x=1&%74%6F%6b%65%6e=s3cret", "/e?x=1&%74%6F%6b%65%6e=REDACTED"),
     ],
 )
 def test_only_token_values_are_redacted(url: str, redacted: str) -> None:
