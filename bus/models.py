@@ -180,7 +180,12 @@ JOB_EVENT = TypeAdapter[JobEvent](JobEvent)
 
 
 class CancelRequest(BaseModel):
-    """On `crucible.cancel.<job>` for running jobs, and in KV `cancels` for queued ones."""
+    """On `crucible.cancel.<job>` for running jobs, and in KV `cancels` for queued ones.
+
+    Nothing else passes for one: a consumer may replay any stored message onto a subject
+    (nats-server does not check where it delivers), and many name a job."""
+
+    model_config = ConfigDict(extra="forbid")
 
     job_id: str
     requested_at: datetime = Field(default_factory=utc_now)

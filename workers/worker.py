@@ -456,6 +456,8 @@ class Worker:
             job_id = CancelRequest.model_validate_json(msg.data).job_id
         except ValidationError:
             return
+        if msg.subject != s.cancel_subject(job_id):
+            return  # a request for one job, replayed onto another's subject
         run = self._running.get(job_id)
         if run is not None:
             self._cancelled.add(job_id)
