@@ -98,6 +98,7 @@ def create_app(
     app.state.tokens = tokens
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit)
+    app.state.auth_failures = RateLimiter(settings.auth_failures)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,

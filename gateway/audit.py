@@ -49,6 +49,7 @@ class AuditFacts:
     run_id: str | None = None
     jobs: int | None = None
     rate_limited: bool = False
+    unaudited: bool = False  # a refusal past the failed-authentication limit: no record
 
 
 def audit_facts(request: Request) -> AuditFacts:
@@ -60,6 +61,8 @@ def audit_facts(request: Request) -> AuditFacts:
 
 
 def _action(method: str, path: str, status: int, facts: AuditFacts) -> AuditAction | None:
+    if facts.unaudited:
+        return None
     if status == 401:
         return AuditAction.AUTH_FAILURE
     if status == 429 and facts.rate_limited:

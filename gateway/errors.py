@@ -59,11 +59,10 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_unicode(request: Request, exc: Exception) -> JSONResponse:
+    reason = f"{exc.__class__.__name__}: {_printable(str(exc))}"
+    detail = f"the request holds text that is not valid Unicode ({reason}); send UTF-8"
     return JSONResponse(
-        {
-            "detail": f"the request holds text that is not valid Unicode ({exc.__class__.__name__}: "
-            f"{_printable(str(exc))}); send UTF-8 without lone surrogates"
-        },
+        {"detail": detail + " without lone surrogates"},
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 

@@ -11,6 +11,8 @@ import time
 
 from pydantic import BaseModel, Field
 
+_MAX_KEYS = 10_000  # buckets kept before the full ones are forgotten
+
 
 class RateLimitSettings(BaseModel):
     """`CRUCIBLE_RATE_LIMIT__REQUESTS_PER_S` and `CRUCIBLE_RATE_LIMIT__BURST`."""
@@ -40,6 +42,8 @@ class RateLimiter:
         now = time.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= _MAX_KEYS:
+                self._forget_full(now)
             bucket = self._buckets[key] = _Bucket(self._burst, now)
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
@@ -47,6 +51,15 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / self._rate
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled: a new one would start full as well. Keys may
+        be client addresses, which anyone can have many of."""
+        self._buckets = {
+            key: bucket
+            for key, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.updated) * self._rate < self._burst
+        }
 
 
 def retry_after_header(wait_s: float) -> str:

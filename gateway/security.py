@@ -59,11 +59,34 @@ def _admitted(request: Request, principal: Principal) -> Principal:
     return principal
 
 
+def _refused(request: Request, refusal: HTTPException) -> HTTPException:
+    """The 401 to answer; or, once the client's address has failed too often, a 429 that is
+    not audited: every failure is an audit record, and failing needs no key."""
+    limiter: RateLimiter = request.app.state.auth_failures
+    address = request.client.host if request.client else "unknown"
+    wait_s = limiter.take(address)
+    if wait_s == 0:
+        return refusal
+    audit_facts(request).unaudited = True
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"too many failed authentications from {address}: retry in {wait_s:.1f} s",
+        headers={"Retry-After": retry_after_header(wait_s)},
+    )
+
+
+def _authenticated(request: Request, authorization: str | None) -> Principal:
+    keys: ApiKeysStore = request.app.state.keys
+    try:
+        return bearer(keys, authorization)
+    except HTTPException as refusal:
+        raise _refused(request, refusal) from None
+
+
 async def api_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    keys: ApiKeysStore = request.app.state.keys
-    return _admitted(request, bearer(keys, authorization))
+    return _admitted(request, _authenticated(request, authorization))
 
 
 def stream_principal(
@@ -74,10 +97,10 @@ def stream_principal(
         tokens: StreamTokens = request.app.state.tokens
         caller = tokens.verify(token, scope)
         if caller is None:
-            raise unauthorized("invalid or expired stream token: get a fresh events_url")
+            refusal = unauthorized("invalid or expired stream token: get a fresh events_url")
+            raise _refused(request, refusal)
         return _admitted(request, caller)
-    keys: ApiKeysStore = request.app.state.keys
-    return _admitted(request, bearer(keys, authorization))
+    return _admitted(request, _authenticated(request, authorization))
 
 
 def resume_position(header: str | None, query: str | None) -> int | None:

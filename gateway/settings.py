@@ -52,5 +52,9 @@ class GatewaySettings(BaseSettings):
     # live tails read) outlives its last watcher: a new one costs a consumer's creation.
     event_feed_linger_s: float = Field(FEED_LINGER_S, ge=0)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # Failed authentications per client address (each is an audit record): then 429s, unaudited.
+    auth_failures: RateLimitSettings = Field(
+        default_factory=lambda: RateLimitSettings(requests_per_s=1.0, burst=30)
+    )
     # The console links a job to its trace here (e.g. http://jaeger:16686) when set.
     jaeger_url: str | None = None
