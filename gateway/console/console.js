@@ -199,9 +199,16 @@ async function useKey() {
   await loadRecentRuns();
 }
 
-document.addEventListener("DOMContentLoaded", async () => {
-  config = await fetch("/console/config.json").then((r) => r.json()).catch(() => config);
-  $("api-key").value = apiKey();
+document.addEventListener("DOMContentLoaded", () => {
+  // The forms work at once: a key typed and sent before the config arrives is not lost to a
+  // native submit (which reloads the page), nor overwritten. The config only names Jaeger.
+  fetch("/console/config.json")
+    .then((r) => r.json())
+    .then((loaded) => {
+      config = loaded;
+    })
+    .catch(() => {});
+  if (!$("api-key").value) $("api-key").value = apiKey();
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());

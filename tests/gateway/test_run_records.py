@@ -36,8 +36,10 @@ def test_paged_ids_name_their_page_and_place() -> None:
 
 
 def test_large_metadata_starts_new_pages() -> None:
+    # Beyond the default cap of metadata (16 KiB), as an operator may allow.
     specs = [JobSpec(**OK, metadata={"blob": "x" * 300_000})] * 10 + [JobSpec(**OK)] * 250
-    jobs = prepare_jobs(specs, "r-" + "0" * 32, "local", GatewaySettings())
+    settings = GatewaySettings(max_metadata_bytes=400_000)
+    jobs = prepare_jobs(specs, "r-" + "0" * 32, "local", settings)
     sizes = [len(page.positions) for page in jobs.pages]
     assert sum(sizes) == 260 and max(sizes) == RECORDS_PER_PAGE
     assert sizes[:4] == [3, 3, 3, RECORDS_PER_PAGE]  # at most ~1 MiB of metadata a page
