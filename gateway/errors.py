@@ -3,7 +3,6 @@
 Both say that nothing was stored and when to retry (`Retry-After`), so clients can back off.
 """
 
-import json
 import math
 from typing import Any
 
@@ -52,9 +51,9 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, with what the client sent made printable: a NaN, or a lone surrogate
     (valid JSON, not valid Unicode), would make the error itself fail to encode (a 500)."""
     assert isinstance(exc, RequestValidationError)
-    errors = json.loads(json.dumps(jsonable_encoder(exc.errors()), default=repr))
     return JSONResponse(
-        {"detail": _printable(errors)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+        {"detail": _printable(jsonable_encoder(exc.errors()))},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
 

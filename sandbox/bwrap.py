@@ -365,8 +365,7 @@ class BwrapSandbox:
         phase_write: int | None = None
         if runtime.compiled:
             phase_read, phase_write = os.pipe()
-        started_read, started_fd = os.pipe()
-        started_write: int | None = started_fd
+        started_read, started_write = os.pipe()  # the sandbox says it was built (below)
         cgroup: JobCgroup | None = None
         try:
             for fd, content in contents.items():
@@ -375,20 +374,18 @@ class BwrapSandbox:
             compile_limits = COMPILE_LIMITS if runtime.compiled else None
             widest = _widest(spec.limits, compile_limits)
             cgroup = JobCgroup.create(spec.job_id, widest)
-            inner = _announced(runtime.argv(spec.args, phase_write), started_fd)
+            inner = _announced(runtime.argv(spec.args, phase_write), started_write)
             command = Command(
                 argv=_argv(widest, file_args, filter_fd, inner),
                 env={"CRUCIBLE_CGROUP_PROCS": " ".join(map(str, cgroup.procs_files))},
                 pass_fds=[
                     *contents,
                     filter_fd,
-                    started_fd,
+                    started_write,
                     *([phase_write] if phase_write else []),
                 ],
             )
             process = await _spawn_whole(command, cgroup)
-            os.close(started_fd)  # only the sandbox holds it now
-            started_write = None
             phase, phase_read = phase_read, None  # execute() owns it now
             return await execute(
                 process,
@@ -405,8 +402,7 @@ class BwrapSandbox:
                 if leftover is not None:
                     os.close(leftover)
             os.close(started_read)
-            if started_write is not None:
-                os.close(started_write)
+            os.close(started_write)
             if cgroup is not None:
                 await cgroup.kill()  # a start cancelled half-way may have left a process in it
                 cgroup.remove()
